@@ -1,0 +1,276 @@
+"""Run settings: typed dataclasses with validation, JSON round-trip and named presets."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "AugmentConfig",
+    "ModelConfig",
+    "PhaseConfig",
+    "TrainConfig",
+    "RunConfig",
+    "PRESETS",
+    "preset",
+]
+
+DataSource = Literal["demo", "folder", "kaggle", "medmnist"]
+ResizeMode = Literal["stretch", "letterbox"]
+Validation = Literal["patient_split", "official"]
+CacheMode = Literal["memory", "disk", "none"]
+ThresholdMethod = Literal["youden", "sensitivity"]
+Device = Literal["auto", "cpu", "gpu", "mirrored", "multiworker"]
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+
+
+class ConfigError(ValueError):
+    """A setting is out of range or inconsistent; the message names the field."""
+
+
+def _check(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field_name}: {message}")
+
+
+def _one_of(value: Any, allowed: tuple, field_name: str) -> None:
+    _check(value in allowed, field_name, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are shaped for the model."""
+
+    source: DataSource = "demo"
+    path: str | None = None  # data set root for "folder"/"kaggle", npz file for "medmnist"
+    image_size: int = 224
+    resize_mode: ResizeMode = "stretch"
+    validation: Validation = "patient_split"
+    val_fraction: float = 0.15
+    cache: CacheMode = "memory"
+    max_images_per_class: int | None = None  # a balanced subset for quick runs
+    max_test_images_per_class: int | None = None
+    demo_images_per_class: int = 120
+
+    def validate(self) -> None:
+        _one_of(self.source, ("demo", "folder", "kaggle", "medmnist"), "data.source")
+        _check(self.source != "folder" or bool(self.path), "data.path", "a folder source needs a path")
+        _check(16 <= self.image_size <= 1024, "data.image_size", f"must be 16..1024 px; got {self.image_size}")
+        _one_of(self.resize_mode, ("stretch", "letterbox"), "data.resize_mode")
+        _one_of(self.validation, ("patient_split", "official"), "data.validation")
+        _check(0.02 <= self.val_fraction <= 0.5, "data.val_fraction", f"must be 0.02..0.5; got {self.val_fraction}")
+        _one_of(self.cache, ("memory", "disk", "none"), "data.cache")
+        for name in ("max_images_per_class", "max_test_images_per_class"):
+            value = getattr(self, name)
+            _check(value is None or value >= 2, f"data.{name}", f"must be at least 2 or empty; got {value}")
+        _check(self.demo_images_per_class >= 8, "data.demo_images_per_class", "must be at least 8")
+
+
+@dataclass
+class AugmentConfig:
+    """Random training-time augmentation; every field 0/False means off."""
+
+    rotation_degrees: float = 10.0
+    zoom: float = 0.1  # fraction, e.g. 0.1 = up to ±10 %
+    shift: float = 0.05  # fraction of the image side
+    brightness: float = 0.1  # fraction of the value range
+    contrast: float = 0.1
+    horizontal_flip: bool = False  # anatomy is not left-right symmetric
+    noise_std: float = 0.0  # Gaussian noise, in 0..255 pixel units
+
+    def validate(self) -> None:
+        _check(0 <= self.rotation_degrees <= 45, "augment.rotation_degrees", "must be 0..45")
+        for name in ("zoom", "shift", "brightness", "contrast"):
+            _check(0 <= getattr(self, name) <= 0.5, f"augment.{name}", "must be 0..0.5")
+        _check(0 <= self.noise_std <= 50, "augment.noise_std", "must be 0..50")
+
+    @property
+    def active(self) -> bool:
+        return any(
+            (self.rotation_degrees, self.zoom, self.shift, self.brightness, self.contrast,
+             self.horizontal_flip, self.noise_std)
+        )
+
+
+@dataclass
+class ModelConfig:
+    """Backbone, where its weights come from, and how deep it is unfrozen for fine-tuning."""
+
+    backbone: str = "vgg16"
+    weights: str = "imagenet"  # "imagenet", "none", or a path to a weights file
+    alpha: float | None = None  # width multiplier for MobileNet-style backbones
+    unfreeze_from_block: int | None = 3  # 1-based block; None = use unfreeze_top_layers
+    unfreeze_top_layers: int | None = None
+    dropout: float = 0.3
+
+    def validate(self) -> None:
+        from core.backbones import BACKBONES  # local import: config stays light
+
+        _one_of(self.backbone, tuple(BACKBONES), "model.backbone")
+        _check(bool(self.weights), "model.weights", "use 'imagenet', 'none' or a file path")
+        if self.weights not in ("imagenet", "none"):
+            _check(Path(self.weights).is_file(), "model.weights", f"weights file not found: {self.weights}")
+        _check(0 <= self.dropout < 1, "model.dropout", "must be 0..<1")
+        spec = BACKBONES[self.backbone]
+        if self.unfreeze_from_block is not None:
+            _check(1 <= self.unfreeze_from_block <= len(spec.blocks), "model.unfreeze_from_block",
+                   f"{self.backbone} has blocks 1..{len(spec.blocks)}; got {self.unfreeze_from_block}")
+        if self.unfreeze_top_layers is not None:
+            _check(self.unfreeze_top_layers >= 0, "model.unfreeze_top_layers", "must be ≥ 0")
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase: how many epochs, at what learning rate."""
+
+    epochs: int = 10
+    learning_rate: float = 1e-3
+
+    def validate(self, name: str) -> None:
+        _check(0 <= self.epochs <= 1000, f"train.{name}.epochs", "must be 0..1000 (0 skips the phase)")
+        _check(0 < self.learning_rate <= 1, f"train.{name}.learning_rate", "must be in (0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """The two-phase schedule, class weighting, stopping, threshold choice and device."""
+
+    head: PhaseConfig = field(default_factory=lambda: PhaseConfig(10, 1e-3))
+    finetune: PhaseConfig = field(default_factory=lambda: PhaseConfig(10, 1e-5))
+    batch_size: int = 32
+    class_weight: Literal["balanced", "none"] = "balanced"
+    early_stopping_patience: int = 3  # epochs without val AUC gain; 0 = off
+    threshold_method: ThresholdMethod = "youden"
+    target_sensitivity: float = 0.95
+    seed: int = 42
+    device: Device = "auto"
+    precision: Precision = "auto"
+    jit_compile: bool | Literal["auto"] = "auto"
+    progress_every_steps: int = 5
+    cache_frozen_features: bool = True  # reuse frozen-backbone features when no augmentation runs
+
+    def validate(self) -> None:
+        self.head.validate("head")
+        self.finetune.validate("finetune")
+        _check(self.head.epochs + self.finetune.epochs > 0, "train", "at least one phase needs epochs")
+        _check(1 <= self.batch_size <= 1024, "train.batch_size", "must be 1..1024")
+        _one_of(self.class_weight, ("balanced", "none"), "train.class_weight")
+        _check(0 <= self.early_stopping_patience <= 100, "train.early_stopping_patience", "must be 0..100")
+        _one_of(self.threshold_method, ("youden", "sensitivity"), "train.threshold_method")
+        _check(0.5 <= self.target_sensitivity < 1, "train.target_sensitivity", "must be 0.5..<1")
+        _one_of(self.device, ("auto", "cpu", "gpu", "mirrored", "multiworker"), "train.device")
+        _one_of(self.precision, ("auto", "float32", "mixed_bfloat16", "mixed_float16"), "train.precision")
+        _one_of(self.jit_compile, (True, False, "auto"), "train.jit_compile")
+        _check(self.progress_every_steps >= 1, "train.progress_every_steps", "must be ≥ 1")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one training run; saved as the run's config.json."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "RunConfig":
+        _check(bool(self.name.strip()), "name", "must not be empty")
+        self.data.validate()
+        self.augment.validate()
+        self.model.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        return _from_dict(cls, raw, "")
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config is not valid JSON: {exc}") from None
+        return cls.from_dict(raw)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        return cls.from_json(Path(path).read_text())
+
+    def with_overrides(self, **dotted: Any) -> "RunConfig":
+        """Copy with dotted-name overrides, e.g. ``{"train.head.epochs": 2}``."""
+        raw = self.to_dict()
+        for key, value in dotted.items():
+            node = raw
+            *parents, leaf = key.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"{key}: no such setting")
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"{key}: no such setting")
+            node[leaf] = value
+        return RunConfig.from_dict(raw)
+
+
+def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected an object, got {type(raw).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown setting")
+    kwargs = {}
+    for name, value in raw.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _quick_cpu_demo() -> RunConfig:
+    return RunConfig(
+        name="quick-cpu-demo",
+        data=DataConfig(source="demo", image_size=64),
+        augment=AugmentConfig(rotation_degrees=5, zoom=0.05, shift=0.03, brightness=0.05, contrast=0.05),
+        model=ModelConfig(backbone="small_cnn", weights="none", unfreeze_from_block=1),
+        train=TrainConfig(head=PhaseConfig(8, 2e-3), finetune=PhaseConfig(0, 1e-4), batch_size=32,
+                          early_stopping_patience=4),
+    )
+
+
+def _reference_recipe() -> RunConfig:
+    """VGG16/ImageNet, frozen base + head ~10 epochs, then fine-tune from block 3 at a low rate."""
+    return RunConfig(
+        name="reference-vgg16",
+        data=DataConfig(source="kaggle", image_size=224),
+        augment=AugmentConfig(),
+        model=ModelConfig(backbone="vgg16", weights="imagenet", unfreeze_from_block=3),
+        train=TrainConfig(head=PhaseConfig(10, 1e-3), finetune=PhaseConfig(10, 1e-5), batch_size=32),
+    )
+
+
+PRESETS: dict[str, Any] = {
+    "Quick CPU demo": _quick_cpu_demo,
+    "Reference recipe (VGG16, GPU recommended)": _reference_recipe,
+}
+
+
+def preset(name: str) -> RunConfig:
+    """A fresh copy of a named preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
