@@ -114,8 +114,13 @@ class BackboneSpec:
         return self.builder(**kwargs)
 
     def build_reference(self, image_size: int, weights: str, alpha: float | None = None) -> keras.Model:
-        """A standalone copy of the backbone with pretrained weights loaded the Keras way."""
-        kwargs = {"include_top": False, "weights": weights, "input_shape": (image_size, image_size, 3)}
+        """A standalone copy of the backbone with pretrained weights loaded the Keras way.
+
+        ImageNet copies are built at 224 px: conv weights do not depend on the input size, and
+        Keras picks MobileNet files by input size (224 is the one every width has).
+        """
+        size = 224 if weights == "imagenet" else image_size
+        kwargs = {"include_top": False, "weights": weights, "input_shape": (size, size, 3)}
         if self.alphas:
             kwargs["alpha"] = alpha or self.default_alpha
         if self.name in ("efficientnetv2b0", "mobilenetv3small"):
@@ -125,8 +130,13 @@ class BackboneSpec:
 
 def keras_cache_dir() -> Path:
     """Where Keras looks for downloaded weights (``$KERAS_HOME/models`` or ``~/.keras/models``)."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "models"
+    try:  # what Keras itself resolved when it was imported (it reads KERAS_HOME once)
+        from keras.src.backend.config import keras_home
+
+        home = keras_home()
+    except ImportError:  # pragma: no cover - older/newer Keras layouts
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(os.path.expanduser(home)) / "models"
 
 
 def imagenet_file_name(spec: BackboneSpec, alpha: float | None = None) -> str:

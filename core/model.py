@@ -94,29 +94,27 @@ def _blocks(model: keras.Model, spec: BackboneSpec) -> list[tuple[keras.layers.L
 def set_trainable(model: keras.Model, cfg: ModelConfig, phase: str) -> None:
     """Freeze the backbone for the head phase; in fine-tuning unfreeze from the chosen depth.
 
-    BatchNormalization layers always stay frozen, which in Keras 3 also runs them in inference
-    mode, so fine-tuning on small batches does not wreck the pretrained statistics
+    The setting is honoured as given, with or without pretrained weights (a backbone without
+    weights is trained from scratch by unfreezing from block 1 and skipping the head phase).
+    Pretrained BatchNormalization layers always stay frozen, which in Keras 3 also runs them in
+    inference mode, so fine-tuning on small batches does not wreck the pretrained statistics
     (Keras transfer-learning guide).
     """
     spec = BACKBONES[cfg.backbone]
     rows = _blocks(model, spec)
-    from_scratch = cfg.weights == "none"
+    pretrained = cfg.weights != "none"
     for layer, block in rows:
-        if phase == "head" and not from_scratch:
+        if phase == "head":
             trainable = False
-        elif from_scratch:
-            trainable = True  # nothing pretrained to protect
         elif cfg.unfreeze_from_block is not None:
             trainable = block >= cfg.unfreeze_from_block
         else:
             trainable = False
-        layer.trainable = trainable and not isinstance(layer, layers.BatchNormalization)
-    if phase == "finetune" and not from_scratch and cfg.unfreeze_from_block is None and cfg.unfreeze_top_layers:
+        # Pretrained BatchNorm statistics are kept; a network without pretrained weights must learn its own.
+        layer.trainable = trainable and not (pretrained and isinstance(layer, layers.BatchNormalization))
+    if phase == "finetune" and cfg.unfreeze_from_block is None and cfg.unfreeze_top_layers:
         weighted = [layer for layer, _ in rows if layer.weights and not isinstance(layer, layers.BatchNormalization)]
         for layer in weighted[-cfg.unfreeze_top_layers:]:
-            layer.trainable = True
-    if from_scratch:
-        for layer, _ in rows:  # a network trained from scratch needs its BatchNorm statistics learnt
             layer.trainable = True
     for name in HEAD_LAYERS:
         model.get_layer(name).trainable = True
