@@ -67,7 +67,7 @@ def _small_cnn(input_tensor, **_) -> keras.Model:
     x = input_tensor
     for block, filters in enumerate((16, 32, 64, 128), start=1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{block}_bn")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn")(x)  # few steps per epoch on small sets
         x = layers.Activation("relu", name=f"block{block}_relu")(x)
         if block < 4:
             x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)

@@ -244,11 +244,11 @@ def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
 def _quick_cpu_demo() -> RunConfig:
     return RunConfig(
         name="quick-cpu-demo",
-        data=DataConfig(source="demo", image_size=64),
+        data=DataConfig(source="demo", image_size=64, demo_images_per_class=300),
         augment=AugmentConfig(rotation_degrees=5, zoom=0.05, shift=0.03, brightness=0.05, contrast=0.05),
         model=ModelConfig(backbone="small_cnn", weights="none", unfreeze_from_block=1),
         # No pretrained weights: nothing to freeze, so the whole network trains in the fine-tune phase.
-        train=TrainConfig(head=PhaseConfig(0, 1e-3), finetune=PhaseConfig(8, 2e-3), batch_size=32,
+        train=TrainConfig(head=PhaseConfig(0, 1e-3), finetune=PhaseConfig(12, 1e-3), batch_size=32,
                           early_stopping_patience=4),
     )
 

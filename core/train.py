@@ -17,7 +17,7 @@ import numpy as np
 from core.config import ConfigError, PhaseConfig, RunConfig, preset, PRESETS
 from core.runs import Run, RunStore
 
-__all__ = ["train_run", "main", "StopRequested", "class_weights", "PHASES"]
+__all__ = ["train_run", "main", "StopRequested", "class_weights", "estimate_run_time", "PHASES"]
 
 log = logging.getLogger("cxr_studio.train")
 PHASES = ("head", "finetune")
@@ -190,7 +190,7 @@ def train_run(run: Run, resume: bool = False) -> None:
         callback = _make_progress_callback(keras, run, total_epochs, global_batch, config.train.progress_every_steps,
                                            state, name, config.train.early_stopping_patience)
         model.fit(train_ds, validation_data=val_ds, epochs=phase_end, initial_epoch=state.epoch,
-                  class_weight=weights, verbose=0,
+                  class_weight=weights, verbose=0, shuffle=False,  # the tf.data pipeline shuffles
                   callbacks=[callback, keras.callbacks.TerminateOnNaN(),
                              keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard"), profile_batch=0)])
         if model.stop_training and not np.isfinite(model.history.history.get("loss", [0.0])[-1]):
@@ -206,12 +206,76 @@ def train_run(run: Run, resume: bool = False) -> None:
     _finish(run, config, model, x_val, y_val, global_batch)
 
 
+def estimate_run_time(config: RunConfig, n_train: int | None = None, n_val: int | None = None,
+                      steps: int = 2) -> dict:
+    """Estimate a run's duration on this machine from a probe: a few timed batches per phase.
+
+    The probe builds the model without pretrained weights (same compute), times ``steps`` training
+    steps of each phase after one warm-up step, and one validation batch, then scales by the data
+    set size. Data loading and the final evaluation are not included.
+    """
+    import keras
+
+    from core.device import plan_device
+    from core.model import build_classifier, set_trainable
+
+    if n_train is None or n_val is None:
+        from core.data import resolve_splits
+
+        splits = resolve_splits(config.data, config.train.seed)
+        n_train, n_val = len(splits.train), len(splits.val)
+    plan = plan_device(config.train.device, config.train.precision, config.train.jit_compile)
+    size, batch = config.data.image_size, config.train.batch_size
+    previous_policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(plan.precision)
+    try:
+        model = build_classifier(config.model.__class__(**{**config.model.__dict__, "weights": "none"}), size)
+        x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
+        y = np.arange(batch, dtype="float32") % 2
+        per_step = {}
+        for name in PHASES:
+            if getattr(config.train, name).epochs == 0:
+                continue
+            set_trainable(model, config.model, name)
+            _compile(keras, model, 1e-4, plan.jit_compile)
+            model.train_on_batch(x, y)  # warm-up: tracing and compilation
+            start = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+            per_step[name] = (time.perf_counter() - start) / steps
+        model.predict_on_batch(x)
+        start = time.perf_counter()
+        model.predict_on_batch(x)
+        val_step = time.perf_counter() - start
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+    steps_per_epoch = max(1, -(-n_train // batch))
+    val_steps = max(1, -(-n_val // batch))
+    epoch_seconds = {name: t * steps_per_epoch + val_step * val_steps for name, t in per_step.items()}
+    total = sum(epoch_seconds[name] * getattr(config.train, name).epochs for name in epoch_seconds)
+    return {
+        "total_seconds": total,
+        "seconds_per_epoch": epoch_seconds,
+        "images_per_sec": {name: batch / t for name, t in per_step.items()},
+        "train_images": n_train,
+        "val_images": n_val,
+        "device": plan.to_dict(),
+        "note": f"measured on {steps} batches of {batch} per phase (upper bound: early stopping may end sooner; "
+                "data loading and the test evaluation not included)",
+    }
+
+
 def _finish(run: Run, config: RunConfig, model, x_val, y_val, batch: int) -> None:
     from core import data as data_lib
     from core.evaluate import choose_threshold, evaluate_run, predict_probabilities
 
+    from core.model import load_model
+
     if not run.model_path.exists():
         model.save(run.model_path)
+    # A fresh copy outside any distribution strategy: Keras 3's predict under MirroredStrategy
+    # returns one output per replica, and the best checkpoint is what gets evaluated anyway.
+    model = load_model(run.model_path)
     run.update_status(phase="threshold", message="Choosing the decision threshold on validation…")
     prob = predict_probabilities(model, data_lib.make_dataset(x_val, y_val, batch, training=False))
     threshold = choose_threshold(y_val, prob, config.train.threshold_method, config.train.target_sensitivity)

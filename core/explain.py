@@ -1,0 +1,367 @@
+"""Explanations: Grad-CAM, Grad-CAM++ and Score-CAM heatmaps, overlays on the X-ray, and checks of whether a heatmap means anything."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.backbones import BACKBONES
+from core.model import backbone_layers, cam_layer_name
+
+__all__ = [
+    "CAM_METHODS",
+    "CAM_TARGETS",
+    "COLORMAPS",
+    "Explanation",
+    "Explainer",
+    "compute_cam",
+    "default_cam_layer",
+    "cam_layer_choices",
+    "overlay",
+    "colorize",
+    "deletion_score",
+    "mass_inside",
+]
+
+CAM_METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
+CAM_TARGETS = ("predicted", "pneumonia", "normal")
+SCORECAM_MAX_N = 10  # Faster Score-CAM: only the 10 highest-variance channels (tf-keras-vis docs' value)
+_EPS = 1e-7
+
+
+# --------------------------------------------------------------------------------------------
+# Colour maps. matplotlib is not a dependency, so the four maps the app offers are rebuilt as
+# 256-entry tables: jet from matplotlib's piecewise-linear definition (``_jet_data``), viridis
+# and inferno (van der Walt & Smith 2015) and turbo (Mikhailov 2019) interpolated from the
+# evenly spaced anchor colours plotly ships (``plotly.colors.sequential``), which are samples
+# of matplotlib's tables.
+_JET = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+_ANCHORS = {
+    "viridis": "440154 482878 3e4989 31688e 26828e 1f9e89 35b779 6ece58 b5de2b fde725",
+    "inferno": "000004 1b0c41 4a0c6b 781c6d a52c60 cf4446 ed6925 fb9b06 f7d13d fcffa4",
+    "turbo": "30123b 4145ab 4675ed 39a2fc 1bcfd4 24eca6 61fc6c a4fc3b d1e834 f3c63a fe9b2d f36315 "
+             "d93806 b11901 7a0402",
+}
+COLORMAPS = ("jet", "inferno", "viridis", "turbo")
+
+
+def _colormap_table(name: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table for one of :data:`COLORMAPS`."""
+    x = np.linspace(0.0, 1.0, 256)
+    if name == "jet":
+        channels = [np.interp(x, *zip(*_JET[c])) for c in ("red", "green", "blue")]
+    elif name in _ANCHORS:
+        colors = np.array([[int(h[i:i + 2], 16) for i in (0, 2, 4)] for h in _ANCHORS[name].split()]) / 255.0
+        stops = np.linspace(0.0, 1.0, len(colors))
+        channels = [np.interp(x, stops, colors[:, c]) for c in range(3)]
+    else:
+        raise ValueError(f"colormap must be one of {', '.join(COLORMAPS)}; got {name!r}")
+    return np.round(np.stack(channels, axis=1) * 255).astype(np.uint8)
+
+
+def colorize(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """A 0..1 heatmap (H,W) as uint8 RGB (H,W,3) in the given colour map."""
+    index = np.round(np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float64)), 0, 1) * 255).astype(np.int64)
+    return _colormap_table(colormap)[index]
+
+
+def _resize(array: np.ndarray, shape: tuple[int, int], method: str = "bilinear") -> np.ndarray:
+    """Resize a 2-D map (or a batch of them) to ``shape`` with half-pixel-centred sampling."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.shape[-2:] == tuple(shape):
+        return array
+    batched = array if array.ndim == 3 else array[None]
+    out = tf.image.resize(batched[..., None], shape, method=method).numpy()[..., 0]
+    return out if array.ndim == 3 else out[0]
+
+
+def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an image (H,W), (H,W,1) or (H,W,3); got shape {image.shape}")
+    return np.clip(np.round(image.astype(np.float64)), 0, 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, opacity: float = 0.4, colormap: str = "jet") -> np.ndarray:
+    """The heatmap blended over the X-ray as uint8 RGB (H,W,3), keras.io Grad-CAM style.
+
+    ``image`` is 0..255 (H,W), (H,W,1) or (H,W,3), float or integer; ``cam`` is 0..1 of any size
+    (resized to the image). ``opacity`` 0 gives the X-ray alone, 1 the heatmap alone.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be 0..1; got {opacity}")
+    rgb = _to_rgb_uint8(image)
+    heat = colorize(_resize(cam, rgb.shape[:2]), colormap)
+    if opacity == 0:
+        return rgb
+    blended = (1.0 - opacity) * rgb.astype(np.float32) + opacity * heat.astype(np.float32)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+def _spec_name(model: keras.Model) -> str | None:
+    """The backbone a classifier was built from (``build_classifier`` names it ``<backbone>_classifier``)."""
+    name = model.name.removesuffix("_classifier")
+    return name if name in BACKBONES else None
+
+
+def default_cam_layer(model: keras.Model) -> str:
+    """The backbone's registered Grad-CAM layer, else its last 4-D layer."""
+    name = cam_layer_name(model, _spec_name(model))
+    try:
+        model.get_layer(name)
+    except ValueError:
+        name = cam_layer_name(model)
+    return name
+
+
+_CAM_LAYER_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
+                    keras.layers.Activation, keras.layers.ReLU)
+
+
+def cam_layer_choices(model: keras.Model) -> list[str]:
+    """The backbone's 4-D convolution and activation layers, deepest first (the default first of all)."""
+    names = [layer.name for layer in reversed(backbone_layers(model))
+             if isinstance(layer, _CAM_LAYER_TYPES) and len(layer.output.shape) == 4]
+    default = default_cam_layer(model)
+    return [default] + [n for n in names if n != default]
+
+
+# --------------------------------------------------------------------------------------------
+# CAMs
+def _batch(images: np.ndarray) -> tuple[np.ndarray, bool]:
+    x = np.asarray(images, dtype=np.float32)
+    single = x.ndim == 3
+    if single:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"expected images (N,S,S,3) or one image (S,S,3); got shape {x.shape}")
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return x, single
+
+
+def _logits(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict_on_batch(x), dtype=np.float64).reshape(-1)
+
+
+def _sigmoid(z: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(z, dtype=np.float64), -500, 500)))
+
+
+def _explained_classes(logits: np.ndarray, target: str, threshold: float) -> np.ndarray:
+    """True where the map explains PNEUMONIA, False where it explains NORMAL."""
+    if target not in CAM_TARGETS:
+        raise ValueError(f"target must be one of {', '.join(CAM_TARGETS)}; got {target!r}")
+    if target == "predicted":
+        return _sigmoid(logits) >= threshold
+    return np.full(logits.shape, target == "pneumonia")
+
+
+def _finish(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """ReLU'd low-resolution maps → upsampled to the input and scaled to 0..1 per image."""
+    cam = _resize(np.maximum(np.asarray(raw, dtype=np.float32), 0.0), size)
+    low = cam.min(axis=(1, 2), keepdims=True)
+    high = cam.max(axis=(1, 2), keepdims=True)
+    return ((cam - low) / (high - low + _EPS)).astype(np.float32)
+
+
+def _two_class_model(model: keras.Model) -> keras.Model:
+    """The same graph with logits [0, z]: softmax of it is [P(NORMAL), P(PNEUMONIA)].
+
+    tf-keras-vis's Score-CAM passes model outputs through a softmax before scoring, which is
+    constant 1 for a single logit; with this view the weights are the class probabilities, as
+    in Wang et al. 2020.
+    """
+    logit = model.outputs[0]
+    pair = keras.layers.Concatenate(name="cam_two_class")([keras.ops.zeros_like(logit), logit])
+    two_class = keras.Model(model.inputs, pair, name=f"{model.name}_two_class")
+    two_class.predict = functools.partial(two_class.predict, verbose=0)  # tf-keras-vis would print progress bars
+    return two_class
+
+
+def compute_cam(model: keras.Model, images: np.ndarray, method: str = "gradcam", layer: str | None = None,
+                target: str = "predicted", threshold: float = 0.5) -> np.ndarray:
+    """Class activation maps for a batch of X-rays, computed with tf-keras-vis.
+
+    Methods: ``gradcam`` (Selvaraju et al. 2017), ``gradcam++`` (Chattopadhay et al. 2018),
+    ``scorecam`` (Wang et al. 2020, in its "Faster Score-CAM" form over the
+    :data:`SCORECAM_MAX_N` highest-variance channels). ``target``: ``pneumonia`` explains the
+    logit, ``normal`` its negative (``BinaryScore``), ``predicted`` whichever class each image
+    is called at ``threshold``. The map is taken at ``layer`` exactly (default: the backbone's
+    Grad-CAM layer), ReLU'd, upsampled bilinearly to the input size and scaled to 0..1 per
+    image; a map that is zero everywhere stays zero.
+
+    Args:
+        images: float 0..255, (N,S,S,3) or one (S,S,3).
+    Returns:
+        float32 (N,S,S), or (S,S) for a single image.
+    """
+    if method not in CAM_METHODS:
+        raise ValueError(f"method must be one of {', '.join(CAM_METHODS)}; got {method!r}")
+    from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
+
+    x, single = _batch(images)
+    layer = layer or default_cam_layer(model)
+    model.get_layer(layer)  # fail early with Keras's message naming the layer
+    explained = _explained_classes(_logits(model, x), target, threshold)
+    options = dict(penultimate_layer=layer, seek_penultimate_conv_layer=False, expand_cam=False,
+                   normalize_cam=False, activation_modifier=None)
+    # The model already outputs a linear logit: no ReplaceToLinear modifier, hence no clone.
+    if method == "gradcam":
+        from tf_keras_vis.gradcam import Gradcam
+
+        raw = Gradcam(model, model_modifier=None, clone=False)(BinaryScore(list(explained)), x, **options)
+    elif method == "gradcam++":
+        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+
+        raw = GradcamPlusPlus(model, model_modifier=None, clone=False)(BinaryScore(list(explained)), x, **options)
+    else:
+        from tf_keras_vis.scorecam import Scorecam
+
+        two_class = _two_class_model(model)
+        channels = int(model.get_layer(layer).output.shape[-1])
+        raw = Scorecam(two_class, model_modifier=None, clone=False)(
+            CategoricalScore([int(e) for e in explained]), x, max_N=min(SCORECAM_MAX_N, channels),
+            batch_size=32, **options)
+    cam = _finish(np.asarray(raw), x.shape[1:3])
+    return cam[0] if single else cam
+
+
+@dataclass
+class Explanation:
+    """One explained prediction."""
+
+    probability: float  # P(PNEUMONIA)
+    cam: np.ndarray  # float32 (S,S), 0..1
+    method: str
+    layer: str
+    explained: str = "pneumonia"  # the class the map argues for: "pneumonia" or "normal"
+
+
+class Explainer:
+    """Explanations for one model, built once and reused (the interactive path).
+
+    Grad-CAM runs as one compiled ``tf.function``: one forward pass gives the probability and
+    the layer's activations, one backward pass the gradients (keras.io "Grad-CAM class
+    activation visualization"; Selvaraju et al. 2017). The gradients of the logit serve both
+    classes, since the NORMAL score is the negative logit. Grad-CAM++ and Score-CAM go
+    through :func:`compute_cam` (tf-keras-vis).
+    """
+
+    def __init__(self, model: keras.Model, layer: str | None = None, threshold: float = 0.5):
+        self.model = model
+        self.layer = layer or default_cam_layer(model)
+        self.threshold = float(threshold)
+        features = model.get_layer(self.layer).output
+        self._grad_model = keras.Model(model.inputs, [features, model.outputs[0]])
+        height, width = model.input_shape[1:3]
+        self._size = (int(height), int(width))
+        self._gradcam = tf.function(
+            self._gradcam_graph, input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32)])
+
+    def _gradcam_graph(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(x)  # so the graph is recorded even when the whole backbone is frozen
+            features, logit = self._grad_model(x, training=False)
+            features = tf.cast(features, tf.float32)
+            score = tf.reduce_sum(tf.cast(logit, tf.float32))  # images are independent in inference mode
+        grads = tape.gradient(score, features)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # α_k: global-average-pooled gradients
+        return tf.reshape(tf.cast(logit, tf.float32), [-1]), tf.reduce_sum(features * weights, axis=-1)
+
+    def explain(self, image: np.ndarray, method: str = "gradcam", target: str = "predicted") -> Explanation:
+        """P(PNEUMONIA) and a 0..1 heatmap (S,S) for one 0..255 image (S,S,3)."""
+        x, _ = _batch(image)
+        if x.shape[1:3] != self._size:
+            raise ValueError(f"image is {x.shape[1]}×{x.shape[2]} px; the model takes {self._size[0]}×{self._size[1]}")
+        if method == "gradcam":
+            logit, raw = (t.numpy() for t in self._gradcam(tf.constant(x[:1])))
+            pneumonia = _explained_classes(logit.astype(np.float64), target, self.threshold)[0]
+            cam = _finish(raw if pneumonia else -raw, self._size)[0]
+        else:
+            logit = _logits(self.model, x[:1])
+            pneumonia = _explained_classes(logit, target, self.threshold)[0]
+            cam = compute_cam(self.model, x[0], method, self.layer, "pneumonia" if pneumonia else "normal")
+        return Explanation(float(_sigmoid(logit[0])), cam, method, self.layer,
+                           "pneumonia" if pneumonia else "normal")
+
+
+# --------------------------------------------------------------------------------------------
+# Does the heatmap mean anything?
+def _filler(image: np.ndarray, baseline: str) -> np.ndarray:
+    if baseline == "blur":
+        from scipy.ndimage import gaussian_filter
+
+        sigma = max(1.0, image.shape[0] / 8)  # wide enough to wash out a lesion-sized structure
+        return gaussian_filter(image, sigma=(sigma, sigma, 0), mode="reflect")
+    if baseline == "mean":
+        return np.broadcast_to(image.mean(axis=(0, 1), keepdims=True), image.shape)
+    raise ValueError(f"baseline must be 'blur' or 'mean'; got {baseline!r}")
+
+
+def deletion_score(model: keras.Model, image: np.ndarray, cam: np.ndarray, fraction: float = 0.1,
+                   baseline: str = "blur", target: str = "predicted", threshold: float = 0.5,
+                   n_random: int = 5, seed: int = 0) -> dict[str, Any]:
+    """How much the explained class loses when the heatmap's top pixels are removed, vs random pixels.
+
+    The ``fraction`` most salient pixels are replaced by a blurred (or mean) copy of the image,
+    in the spirit of ROAR (Hooker et al. 2019) and ROAD (Rong et al. 2022) but without
+    retraining; the same number of random pixels, averaged over ``n_random`` masks, gives the
+    chance level. ``drop`` and ``random_drop`` are the fall in the explained class's probability
+    (P(PNEUMONIA) for a pneumonia map, P(NORMAL) for a normal one): a useful heatmap has
+    ``drop`` well above ``random_drop``. Probabilities reported are P(PNEUMONIA).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be between 0 and 1; got {fraction}")
+    if target not in CAM_TARGETS:
+        raise ValueError(f"target must be one of {', '.join(CAM_TARGETS)}; got {target!r}")
+    x, _ = _batch(image)
+    x = x[0]
+    height, width = x.shape[:2]
+    saliency = _resize(cam, (height, width)).ravel()
+    k = max(1, int(round(fraction * height * width)))
+    filler = _filler(x, baseline)
+    rng = np.random.default_rng(seed)
+    masks = [np.argsort(-saliency, kind="stable")[:k]]
+    masks += [rng.choice(height * width, size=k, replace=False) for _ in range(n_random)]
+    batch = [x]
+    for chosen in masks:
+        keep = np.ones(height * width, dtype=bool)
+        keep[chosen] = False
+        batch.append(np.where(keep.reshape(height, width, 1), x, filler))
+    prob = _sigmoid(_logits(model, np.stack(batch).astype(np.float32)))
+    pneumonia = bool(prob[0] >= threshold) if target == "predicted" else target == "pneumonia"
+    sign = 1.0 if pneumonia else -1.0
+    return {
+        "explained": "pneumonia" if pneumonia else "normal",
+        "fraction": fraction,
+        "baseline": baseline,
+        "probability_before": float(prob[0]),
+        "probability_after": float(prob[1]),
+        "drop": float(sign * (prob[0] - prob[1])),
+        "random_drop": float(np.mean(sign * (prob[0] - prob[2:]))),
+    }
+
+
+def mass_inside(cam: np.ndarray, mask: np.ndarray) -> float:
+    """Fraction of the heatmap's total mass that falls inside a binary mask (0 for an empty map)."""
+    cam = np.clip(np.asarray(cam, dtype=np.float64), 0, None)
+    mask = np.asarray(mask)
+    if mask.shape != cam.shape:
+        mask = _resize(mask.astype(np.float32), cam.shape, method="nearest")
+    total = cam.sum()
+    return float((cam * (mask > 0)).sum() / total) if total > 0 else 0.0
