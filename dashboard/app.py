@@ -1,0 +1,49 @@
+"""cxr-studio dashboard: `streamlit run dashboard/app.py` (or `make run`)."""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core` and `dashboard` without installing
+
+from dashboard import ui  # noqa: E402
+
+st.set_page_config(page_title="cxr-studio", page_icon="🫁", layout="wide")
+
+
+@st.cache_resource(show_spinner=False)
+def _warm_up_tensorflow() -> threading.Thread:
+    """Import TensorFlow in the background once per server, so model pages open quickly later."""
+
+    def work():
+        try:
+            import core.model  # noqa: F401  (imports keras / TensorFlow)
+        except Exception:  # noqa: BLE001 - the page that needs it will report the error itself
+            pass
+
+    thread = threading.Thread(target=work, name="tf-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+ui.init_settings()
+page = st.navigation(
+    [
+        st.Page(ui.PAGES["data"], title="Data", icon="🗂️", default=True),
+        st.Page(ui.PAGES["train"], title="Train", icon="🏋️"),
+        st.Page(ui.PAGES["runs"], title="Runs", icon="📋"),
+        st.Page(ui.PAGES["evaluate"], title="Evaluate", icon="📈"),
+        st.Page(ui.PAGES["explain"], title="Explain", icon="🔎"),
+        st.Page(ui.PAGES["demo"], title="Demo", icon="🩺"),
+    ],
+    position="sidebar",
+)
+with st.sidebar:
+    st.markdown("### 🫁 cxr-studio")
+    st.caption("Chest X-ray pneumonia classification by transfer learning")
+ui.sidebar_notice()
+_warm_up_tensorflow()
+page.run()

@@ -1,0 +1,164 @@
+"""Data: choose the image source, check it (counts, patients, sizes, problems), see samples and augmentation."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.config import AugmentConfig
+from core.data import CLASS_NAMES, DatasetError, ImageLoadError, _image_size_spread, download_kaggle, load_image
+from dashboard import ui
+
+SOURCES = {"demo": "Built-in demo (synthetic)", "folder": "Local folder", "kaggle": "Kaggle download"}
+
+st.title("Data")
+st.caption("Where the X-rays come from, what is in the set, and how training will augment them.")
+
+source = st.radio("Source", list(SOURCES), key="cfg.data.source", format_func=SOURCES.get, horizontal=True)
+
+root: str | None = None
+if source == "demo":
+    st.info(f"{ui.SYNTHETIC_BADGE} The built-in demo set is **synthetic**: generated chest-radiograph-like "
+            "images, not real X-rays. It lets the app and its tests run offline; its numbers say nothing "
+            "about real pneumonia.", icon="🧪")
+    root = ui.demo_dataset_root(int(st.session_state.get("cfg.data.demo_images_per_class", 120)))
+elif source == "folder":
+    st.text_input("Data set folder", key="cfg.data.path", placeholder="/path/to/chest_xray",
+                  help="The Kaggle layout {train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg, or one folder per class.")
+    root = (st.session_state.get("cfg.data.path") or "").strip() or None
+    if not root:
+        st.info("Enter the folder that holds the X-rays, e.g. `…/chest_xray` with `train/`, `val/` and "
+                "`test/` inside, or a folder with `NORMAL/` and `PNEUMONIA/` sub-folders.")
+else:
+    st.markdown("The Kaggle set *Chest X-Ray Images (Pneumonia)* (about 1.2 GB, 5,856 images) is fetched with "
+                "`kagglehub`, which needs Kaggle credentials and internet access.")
+    if st.button("Download or locate the Kaggle set", icon="⬇️"):
+        bar = st.progress(0.0, text="Connecting to Kaggle…")
+        steps = []
+
+        def report(message: str) -> None:
+            steps.append(message)
+            bar.progress(min(0.3 * len(steps), 0.9), text=message)
+
+        try:
+            st.session_state["cfg.data.path"] = str(download_kaggle(progress=report))
+            bar.progress(1.0, text="Data set ready")
+        except DatasetError as exc:
+            bar.empty()
+            st.error(str(exc), icon="🚫")
+    root = (st.session_state.get("cfg.data.path") or "").strip() or None
+    if not root:
+        st.info("Not downloaded yet. Training with this source downloads it first.")
+
+if not root:
+    st.stop()
+
+try:
+    index = ui.dataset_index(root, ui.folder_mtime(root))
+except DatasetError as exc:
+    st.error(str(exc), icon="🚫")
+    st.stop()
+
+# ---------------------------------------------------------------------------------- overview
+counts = index.counts()
+total = len(index.records)
+cols = st.columns(4)
+cols[0].metric("Images", f"{total:,}")
+cols[1].metric("Patients", f"{index.patients():,}")
+cols[2].metric("Pneumonia : normal", f"{sum(c['PNEUMONIA'] for c in counts.values()) / max(1, sum(c['NORMAL'] for c in counts.values())):.2f} : 1")
+cols[3].metric("Problems found", len(index.problems))
+st.caption(f"Folder `{index.root}` · layout: {index.layout.replace('_', ' ')}")
+
+left, right = st.columns([2, 3])
+with left:
+    st.subheader("Images per split and class")
+    table = pd.DataFrame(
+        [{"split": split, **row, "total": sum(row.values()), "patients": index.patients(split)}
+         for split, row in counts.items()]
+    ).set_index("split")
+    st.dataframe(table, width="stretch")
+    if index.layout == "class_folders":
+        st.caption("No split folders: validation and test are carved out by patient when training.")
+    st.markdown("**Image sizes**")
+    for split in index.splits:
+        st.caption(f"{split}: {_image_size_spread(index.split(split))}")
+with right:
+    fig = go.Figure([
+        go.Bar(name=name, x=list(counts), y=[counts[split][name] for split in counts], text=[counts[split][name] for split in counts])
+        for name in CLASS_NAMES
+    ])
+    fig.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=10, b=10),
+                      yaxis_title="images", legend=dict(orientation="h", y=1.1))
+    ui.chart(fig)
+
+if index.problems:
+    with st.expander(f"⚠️ {len(index.problems)} problem(s) found — unreadable files, duplicates, stray images",
+                     expanded=len(index.problems) <= 5):
+        for line in index.problems[:200]:
+            st.markdown(f"- {line}")
+        if len(index.problems) > 200:
+            st.caption(f"… and {len(index.problems) - 200} more")
+else:
+    st.success("No problems found: every class folder has images, no byte-identical duplicates.", icon="✅")
+
+# ---------------------------------------------------------------------------------- samples
+st.subheader("Samples")
+sample_split = index.splits[0]
+for label, name in enumerate(CLASS_NAMES):
+    records = [r for r in index.split(sample_split) if r.label == label][:8]
+    if not records:
+        st.warning(f"No {name} images in the {sample_split} split.")
+        continue
+    st.markdown(f"**{name}** · {sample_split}" + (f" · {ui.SYNTHETIC_BADGE}" if index.layout == "demo" else ""))
+    grid = st.columns(8)
+    for column, record in zip(grid, records):
+        thumb = ui.thumbnail(record.path)
+        if thumb is None:
+            column.error("unreadable")
+        else:
+            column.image(thumb, caption=record.patient, width="stretch")
+
+# ---------------------------------------------------------------------------------- augmentation
+st.subheader("Augmentation preview")
+st.caption("Training shows the network randomly altered copies of each X-ray. Move the sliders: the grid "
+           "shows eight random draws of one image. These settings are used by the Train page.")
+
+
+@st.fragment
+def augmentation_preview(paths: list[str]) -> None:
+    controls, grid = st.columns([1, 3])
+    with controls:
+        st.slider("Rotation (± degrees)", 0.0, 45.0, step=1.0, key="cfg.augment.rotation_degrees")
+        st.slider("Zoom (± fraction)", 0.0, 0.5, step=0.01, key="cfg.augment.zoom")
+        st.slider("Shift (± fraction of the side)", 0.0, 0.5, step=0.01, key="cfg.augment.shift")
+        st.slider("Brightness (±)", 0.0, 0.5, step=0.01, key="cfg.augment.brightness")
+        st.slider("Contrast (±)", 0.0, 0.5, step=0.01, key="cfg.augment.contrast")
+        st.slider("Noise (std, pixel units)", 0.0, 50.0, step=1.0, key="cfg.augment.noise_std")
+        st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip",
+                    help="Off by default: the heart is on the left, so a flipped chest is not a real anatomy.")
+        position = st.session_state.get("augment_image", 0) % len(paths)
+        if st.button("Another image", icon="🔄"):
+            position = (position + 1) % len(paths)
+            st.session_state["augment_image"] = position
+    cfg = AugmentConfig(**{field: st.session_state[f"cfg.augment.{field}"]
+                           for field in AugmentConfig.__dataclass_fields__})
+    try:
+        image = load_image(paths[position], 192)[..., 0]
+    except ImageLoadError as exc:
+        grid.error(f"Cannot preview {paths[position]}: {exc}")
+        return
+    from core.augment import preview  # imports TensorFlow: only once the page is on screen
+
+    with grid:
+        versions = preview(image, cfg, n=8, seed=int(st.session_state.get("augment_seed", 0)))
+        tiles = [(image.astype("uint8"), "original")] + [(v, f"random draw {i + 1}") for i, v in enumerate(versions)]
+        for start in range(0, len(tiles), 3):
+            for column, (tile, caption) in zip(st.columns(3), tiles[start:start + 3]):
+                column.image(tile, caption=caption, width="stretch")
+        if not cfg.active:
+            st.caption("All augmentation is off: training sees the images as they are.")
+
+
+train_paths = [r.path for r in index.split(sample_split) if "::" not in r.path][:50]
+if train_paths:
+    augmentation_preview(train_paths)

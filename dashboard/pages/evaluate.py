@@ -1,0 +1,170 @@
+"""Evaluate: test-set figures of a finished run at a threshold you can move, curves, calibration, mistakes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.evaluate import compute_metrics
+from dashboard import ui
+
+st.title("Evaluate")
+run = ui.pick_run()
+if run is None:
+    st.info("Nothing to evaluate yet: train a run first.", icon="📈")
+    st.page_link(ui.PAGES["train"], label="Go to Train", icon="🏋️")
+    st.stop()
+
+metrics = run.metrics()
+config = run.config()
+if not metrics or not metrics.get("predictions"):
+    st.warning(f"Run **{ui.run_title(run)}** has no test evaluation (metrics.json) yet. Runs are evaluated "
+               "on the test split when training finishes; run `python -m core.evaluate "
+               f"{run.id}` to evaluate it by hand.", icon="📭")
+    st.stop()
+
+predictions = metrics["predictions"]
+labels = np.array([p["label"] for p in predictions], dtype=int)
+probabilities = np.array([p["probability"] for p in predictions], dtype=float)
+run_threshold = float(metrics.get("threshold", run.threshold()))
+info = metrics.get("threshold_info") or {}
+
+st.caption(f"Run **{ui.run_title(run)}** · test split: {len(labels)} images, {int(labels.sum())} pneumonia, "
+           f"{metrics.get('n_patients', '?')} patients · data: {ui.data_label(config)}"
+           + (f" {ui.SYNTHETIC_BADGE}" if ui.is_synthetic(config) else ""))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def metrics_at(run_id: str, modified: float, threshold: float) -> dict:
+    """All figures at one threshold, recomputed from the saved per-image predictions (no model)."""
+    return compute_metrics(labels, probabilities, threshold)
+
+
+slider_key = f"threshold-{run.id}"
+if slider_key not in st.session_state:
+    st.session_state[slider_key] = round(run_threshold, 3)
+top_left, top_right = st.columns([4, 1])
+with top_left:
+    threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, step=0.001, key=slider_key, format="%.3f",
+                          help="An image is called PNEUMONIA when its probability is at least the threshold.")
+with top_right:
+    st.caption(f"Run's threshold: **{run_threshold:.3f}**  \nchosen by {info.get('method', '?')} on "
+               f"{info.get('chosen_on', 'validation')}")
+    st.button("Reset", on_click=lambda: st.session_state.__setitem__(slider_key, round(run_threshold, 3)),
+              disabled=abs(threshold - run_threshold) < 1e-3)
+
+m = metrics_at(run.id, (run.path / "metrics.json").stat().st_mtime, float(threshold))
+at_run = abs(threshold - run_threshold) < 1e-3
+ci = metrics.get("ci", {}) if at_run else {}
+
+
+def interval(key: str, as_pct: bool = True) -> str | None:
+    lo, hi = ci.get(key, [None, None])
+    if lo is None:
+        return None
+    return f"95 % CI {ui.pct(lo, 0)}–{ui.pct(hi, 0)}" if as_pct else f"95 % CI {lo:.3f}–{hi:.3f}"
+
+
+cols = st.columns(5)
+cols[0].metric("Sensitivity", ui.pct(m["sensitivity"]), help="Pneumonia images called pneumonia (recall, TPR).")
+cols[1].metric("Specificity", ui.pct(m["specificity"]), help="Normal images called normal (TNR).")
+cols[2].metric("ROC AUC", ui.num(m["roc_auc"]), help="Does not depend on the threshold.")
+cols[3].metric("Accuracy", ui.pct(m["accuracy"]))
+cols[4].metric("F1", ui.num(m["f1"]))
+if ci:
+    for column, key, as_pct in zip(cols, ("sensitivity", "specificity", "roc_auc", "accuracy"), (True, True, False, True)):
+        text = interval(key, as_pct)
+        if text:
+            column.caption(text)
+    st.caption(metrics.get("ci_method", ""))
+
+c = m["confusion"]
+st.caption(f"At threshold {threshold:.3f}: **TP {c['tp']}** · **FN {c['fn']}** · **FP {c['fp']}** · **TN {c['tn']}**")
+
+# ---------------------------------------------------------------------------------- charts
+matrix_col, roc_col, pr_col = st.columns(3)
+with matrix_col:
+    z = [[c["tn"], c["fp"]], [c["fn"], c["tp"]]]
+    fig = go.Figure(go.Heatmap(z=z, x=["called NORMAL", "called PNEUMONIA"], y=["NORMAL", "PNEUMONIA"],
+                               text=[[f"TN<br>{c['tn']}", f"FP<br>{c['fp']}"], [f"FN<br>{c['fn']}", f"TP<br>{c['tp']}"]],
+                               texttemplate="%{text}", textfont=dict(size=18), colorscale="Blues", showscale=False))
+    fig.update_layout(title="Confusion matrix", height=340, margin=dict(l=10, r=10, t=40, b=10),
+                      yaxis=dict(autorange="reversed", title="true"), xaxis=dict(side="bottom"))
+    ui.chart(fig, key="confusion")
+with roc_col:
+    fig = go.Figure(go.Scatter(x=m["roc"]["fpr"], y=m["roc"]["tpr"], mode="lines", name="ROC",
+                               line=dict(color=ui.TRAIN_COLOUR)))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="chance"))
+    if m["specificity"] is not None and m["sensitivity"] is not None:
+        fig.add_trace(go.Scatter(x=[1 - m["specificity"]], y=[m["sensitivity"]], mode="markers", name="threshold",
+                                 marker=dict(size=14, color=ui.VAL_COLOUR, line=dict(width=2, color="white"))))
+    fig.update_layout(title=f"ROC curve (AUC {ui.num(m['roc_auc'])})", height=340, margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis_title="1 − specificity", yaxis_title="sensitivity", showlegend=False)
+    ui.chart(fig, key="roc")
+with pr_col:
+    fig = go.Figure(go.Scatter(x=m["pr"]["recall"], y=m["pr"]["precision"], mode="lines", line=dict(color=ui.TRAIN_COLOUR)))
+    if m["precision"] is not None and m["sensitivity"] is not None:
+        fig.add_trace(go.Scatter(x=[m["sensitivity"]], y=[m["precision"]], mode="markers", name="threshold",
+                                 marker=dict(size=14, color=ui.VAL_COLOUR, line=dict(width=2, color="white"))))
+    fig.update_layout(title=f"Precision–recall (AP {ui.num(m['pr_auc'])})", height=340, margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis_title="recall (sensitivity)", yaxis_title="precision", showlegend=False,
+                      yaxis=dict(range=[0, 1.05]))
+    ui.chart(fig, key="pr")
+
+cal_col, table_col = st.columns([1, 1])
+with cal_col:
+    cal = m["calibration"]
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="perfect"))
+    fig.add_trace(go.Scatter(x=cal["prob_pred"], y=cal["prob_true"], mode="lines+markers", name="this model",
+                             line=dict(color=ui.TRAIN_COLOUR),
+                             text=[f"{n} images" for n in cal.get("count", [])], hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(title=f"Calibration (Brier {ui.num(cal.get('brier'))})", height=320,
+                      margin=dict(l=10, r=10, t=40, b=10), xaxis_title="predicted probability",
+                      yaxis_title="observed pneumonia fraction", showlegend=False)
+    ui.chart(fig, key="calibration")
+with table_col:
+    st.markdown("**At the run's threshold vs at 0.5**")
+    half = metrics.get("at_0.5") or {}
+    rows = {"": ["sensitivity", "specificity", "accuracy", "precision", "F1"]}
+    table = {
+        f"threshold {run_threshold:.3f}": [ui.pct(metrics.get(k)) if k != "f1" else ui.num(metrics.get(k))
+                                           for k in ("sensitivity", "specificity", "accuracy", "precision", "f1")],
+        "threshold 0.5": [ui.pct(half.get(k)) if k != "f1" else ui.num(half.get(k))
+                          for k in ("sensitivity", "specificity", "accuracy", "precision", "f1")],
+    }
+    st.dataframe({**rows, **table}, hide_index=True, width="stretch")
+    groups = metrics.get("subgroups") or {}
+    if groups:
+        st.markdown("**Sensitivity per pneumonia type** (at the run's threshold)")
+        st.dataframe([{"type": name, "images": g["n"], "missed": g["missed"], "sensitivity": ui.pct(g["sensitivity"])}
+                      for name, g in groups.items()], hide_index=True, width="stretch")
+
+# ---------------------------------------------------------------------------------- mistakes
+st.subheader("Mistakes at this threshold")
+wrong = [(i, p) for i, p in enumerate(predictions) if (p["probability"] >= threshold) != bool(p["label"])]
+# Most confident first: the further from the threshold on the wrong side, the worse.
+wrong.sort(key=lambda item: -abs(item[1]["probability"] - threshold))
+if not wrong:
+    st.success("No test image is misclassified at this threshold.", icon="🎯")
+else:
+    st.caption(f"{len(wrong)} misclassified: {sum(1 for _, p in wrong if p['label'] == 1)} missed pneumonia, "
+               f"{sum(1 for _, p in wrong if p['label'] == 0)} false alarms. Most confident mistakes first; "
+               "open one in Explain to see where the model looked.")
+    shown = st.select_slider("Show", [6, 12, 24, 48], value=12, key="mistakes_shown") if len(wrong) > 6 else 6
+    per_row = 6
+    items = wrong[:shown]
+    for start in range(0, len(items), per_row):
+        for column, (i, p) in zip(st.columns(per_row), items[start:start + per_row]):
+            with column:
+                thumb = ui.thumbnail(p["file"])
+                truth = ui.CLASS_NAMES[p["label"]]
+                if thumb is not None:
+                    st.image(thumb, width="stretch")
+                else:
+                    st.caption("(image not found)")
+                st.caption(f"{Path(p['file']).name}  \ntrue **{truth}** · P(pneumonia) {p['probability']:.2f}")
+                if st.button("Explain", key=f"explain-{i}", icon="🔎", width="stretch"):
+                    st.session_state["explain_file"] = p["file"]
+                    st.switch_page(ui.PAGES["explain"])

@@ -1,0 +1,124 @@
+"""Explain: one X-ray → P(pneumonia), the label at the run's threshold, and where the model looked (CAM)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.data import CLASS_NAMES, ImageLoadError, decode_image, prepare_image
+from dashboard import ui
+
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "tif", "tiff", "webp"]
+
+st.title("Explain")
+run = ui.pick_run()
+if run is None:
+    st.info("No trained model yet: train a run first.", icon="🔎")
+    st.page_link(ui.PAGES["train"], label="Go to Train", icon="🏋️")
+    st.stop()
+
+config = run.config()
+threshold = run.threshold()
+size, resize_mode = config.data.image_size, config.data.resize_mode
+st.caption(f"Run **{ui.run_title(run)}** · {config.model.backbone} at {size} px · threshold {threshold:.3f} · "
+           f"trained on {ui.data_label(config)}" + (f" {ui.SYNTHETIC_BADGE}" if ui.is_synthetic(config) else ""))
+
+# ---------------------------------------------------------------------------------- choose an image
+test_items = [(p["file"], p["label"]) for p in (run.metrics() or {}).get("predictions", [])]
+sources = ["Upload an X-ray", "Pick from the test split"] if test_items else ["Upload an X-ray"]
+if st.session_state.get("explain_file"):  # sent here from the Evaluate gallery
+    st.session_state["explain_source"] = sources[-1]
+    st.session_state["explain_pick"] = st.session_state.pop("explain_file")
+if st.session_state.get("explain_source") not in sources:
+    st.session_state["explain_source"] = sources[0]
+source = st.segmented_control("Image", sources, key="explain_source") or sources[0]
+
+data: bytes | None = None
+name, truth = "", None
+if source == "Pick from the test split":
+    files = [file for file, _ in test_items]
+    labels = dict(test_items)
+    if st.session_state.get("explain_pick") not in labels:
+        st.session_state["explain_pick"] = files[0]
+    chosen = st.selectbox("Test image", files, key="explain_pick",
+                          format_func=lambda f: f"{Path(f).name} · {CLASS_NAMES[labels[f]]}")
+    try:
+        data, name, truth = Path(chosen).read_bytes(), Path(chosen).name, labels[chosen]
+    except OSError as exc:
+        st.error(f"Cannot read {chosen}: {exc.strerror or exc}", icon="🚫")
+        st.stop()
+else:
+    upload = st.file_uploader("X-ray (JPEG, PNG or DICOM)", type=UPLOAD_TYPES, key="explain_upload",
+                              help="Processed in memory and never stored. DICOM patient tags are not read out or shown.")
+    if upload is None:
+        st.info("Upload a frontal chest X-ray, or pick one from the test split.", icon="⬆️")
+        st.stop()
+    data, name = upload.getvalue(), upload.name
+
+try:
+    image = prepare_image(decode_image(data, name), size, resize_mode)
+except ImageLoadError as exc:
+    st.error(f"This file cannot be used: {exc}", icon="🚫")
+    st.stop()
+image_hash = ui.digest(data)
+
+# ---------------------------------------------------------------------------------- method and layer
+from core.explain import CAM_METHODS, COLORMAPS, cam_layer_choices, colorize, overlay  # noqa: E402  (TensorFlow)
+
+path, modified = ui.model_key(run)
+model = ui.load_model(path, modified)
+controls = st.columns([2, 2, 2, 1])
+st.session_state.setdefault("explain_method", "gradcam")
+method = controls[0].segmented_control("Method", list(CAM_METHODS), format_func=CAM_METHODS.get, key="explain_method", help="Grad-CAM is fastest; Score-CAM needs no gradients.")
+method = method or "gradcam"
+layers = cam_layer_choices(model)
+layer = controls[1].selectbox("Layer", layers, key=f"explain_layer-{run.id}",
+                              help="The default is the backbone's last convolutional stage; earlier layers give finer, noisier maps.")
+opacity = controls[2].slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="explain_opacity")
+colormap = controls[3].selectbox("Colours", COLORMAPS, key="explain_colormap")
+
+try:
+    result = ui.explain_image(run.id, path, modified, image_hash, image, method, layer, threshold)
+except (ValueError, RuntimeError) as exc:
+    st.error(f"Could not compute the heatmap: {exc}", icon="🚫")
+    st.stop()
+
+probability = result["probability"]
+called = CLASS_NAMES[int(probability >= threshold)]
+cols = st.columns(4)
+cols[0].metric("P(pneumonia)", f"{probability:.1%}")
+cols[1].metric(f"Label at threshold {threshold:.2f}", called)
+cols[2].metric("True label", CLASS_NAMES[truth] if truth is not None else "unknown")
+cols[3].metric("Heatmap shows evidence for", result["explained"].upper())
+
+gray = image.astype("uint8")
+blend = overlay(gray, result["cam"], opacity, colormap)
+left, middle, right = st.columns(3)
+left.image(gray, caption=f"X-ray ({name})", width="stretch")
+middle.image(colorize(result["cam"], colormap), caption=f"{CAM_METHODS[method]} heatmap · layer {layer}", width="stretch")
+right.image(blend, caption=f"Overlay (opacity {opacity:.2f})", width="stretch")
+right.download_button("Download overlay (PNG)", ui.png_bytes(blend), file_name=f"{Path(name).stem}-{method}-overlay.png",
+                      mime="image/png", icon="⬇️", width="stretch")
+
+# ---------------------------------------------------------------------------------- faithfulness
+st.subheader("Does the heatmap matter to the model?")
+score = ui.faithfulness(run.id, path, modified, image_hash, image, result["cam"], method, layer, threshold)
+cls = score["explained"].upper()
+fig = go.Figure(go.Bar(
+    x=[score["drop"], score["random_drop"]], y=["10 % most highlighted pixels", "10 % random pixels"], orientation="h",
+    marker_color=[ui.VAL_COLOUR, "gray"], text=[f"{score['drop']:+.3f}", f"{score['random_drop']:+.3f}"],
+    textposition="auto"))
+fig.update_layout(height=200, margin=dict(l=10, r=10, t=30, b=10),
+                  title=f"Drop in P({cls}) when these pixels are blurred out", xaxis_title="probability drop")
+text, chart = st.columns([2, 3])
+with text:
+    verdict = ("The model relies on the highlighted region more than on random pixels."
+               if score["drop"] > score["random_drop"] + 0.02 else
+               "Blurring the highlighted region changes the prediction no more than random pixels: "
+               "read this heatmap with care.")
+    st.markdown(f"P(pneumonia) goes from **{score['probability_before']:.3f}** to **{score['probability_after']:.3f}** "
+                f"when the top {score['fraction']:.0%} of the heatmap is blurred out. {verdict}")
+    st.caption("A deletion test in the spirit of ROAR (Hooker et al. 2019) and ROAD (Rong et al. 2022), without retraining.")
+with chart:
+    ui.chart(fig, key="faithfulness")

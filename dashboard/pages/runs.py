@@ -1,0 +1,157 @@
+"""Runs: every run in the store — status, settings, best metrics; compare, download, delete."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from core.backbones import BACKBONES
+from core.runs import Run, RunError
+from dashboard import ui
+
+EXPORT_FORMATS = {"keras": ("Keras (.keras)", "application/octet-stream"),
+                  "savedmodel": ("SavedModel (.zip)", "application/zip"),
+                  "tflite": ("TFLite (.tflite)", "application/octet-stream")}
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
+
+st.title("Runs")
+runs = ui.store().list()
+if not runs:
+    st.info("The run store is empty. Start a run on the **Train** page.", icon="📋")
+    st.page_link(ui.PAGES["train"], label="Go to Train", icon="🏋️")
+    st.stop()
+
+
+def summary(run: Run) -> dict:
+    status = run.status()
+    try:
+        config = run.config()
+    except Exception as exc:  # noqa: BLE001 - a hand-edited config.json must not hide the other runs
+        return {"run": ui.run_title(run), "state": f"{ui.STATE_ICONS['failed']} unreadable config: {exc}"}
+    metrics = run.metrics() or {}
+    return {
+        "run": ui.run_title(run),
+        "state": f"{ui.STATE_ICONS.get(status.state, '')} {status.state}",
+        "backbone": BACKBONES[config.model.backbone].label if config.model.backbone in BACKBONES else config.model.backbone,
+        "size": config.data.image_size,
+        "weights": config.model.weights if config.model.weights in ("imagenet", "none") else "file",
+        "epochs": f"{status.epoch}/{status.epochs_total or config.train.head.epochs + config.train.finetune.epochs}",
+        "best val AUC": status.best_val_auc,
+        "test AUC": metrics.get("roc_auc"),
+        "sensitivity": metrics.get("sensitivity"),
+        "specificity": metrics.get("specificity"),
+        "data": "synthetic demo" if ui.is_synthetic(config) else config.data.source,
+        "id": run.id,
+    }
+
+
+table = pd.DataFrame([summary(run) for run in runs])
+st.dataframe(table, hide_index=True, width="stretch", column_config={
+    "best val AUC": st.column_config.NumberColumn(format="%.3f"),
+    "test AUC": st.column_config.NumberColumn(format="%.3f"),
+    "sensitivity": st.column_config.NumberColumn(format="percent"),
+    "specificity": st.column_config.NumberColumn(format="percent"),
+})
+
+by_id = {run.id: run for run in runs}
+default = [run.id for run in runs if run.metrics()][:2]
+selected = st.multiselect("Select runs to compare, download or delete", list(by_id), default=default, key="runs_selected",
+                          format_func=lambda rid: f"{ui.STATE_ICONS.get(by_id[rid].status().state, '')} {ui.run_title(by_id[rid])}")
+chosen = [by_id[rid] for rid in selected if rid in by_id]
+if not chosen:
+    st.caption("Select one or more runs above.")
+    st.stop()
+
+# ---------------------------------------------------------------------------------- compare
+st.subheader("Curves")
+fig = make_subplots(rows=1, cols=2, subplot_titles=("Validation ROC AUC", "Loss (solid: validation, dotted: train)"))
+for i, run in enumerate(chosen):
+    epochs = run.epochs()
+    colour = PALETTE[i % len(PALETTE)]
+    x = [row["epoch"] for row in epochs]
+    name = ui.run_title(run)
+    fig.add_trace(go.Scatter(x=x, y=[row.get("val_auc") for row in epochs], name=name, legendgroup=name,
+                             mode="lines+markers", line=dict(color=colour)), row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=[row.get("val_loss") for row in epochs], name=name, legendgroup=name, showlegend=False,
+                             mode="lines+markers", line=dict(color=colour)), row=1, col=2)
+    fig.add_trace(go.Scatter(x=x, y=[row.get("loss") for row in epochs], name=name, legendgroup=name, showlegend=False,
+                             mode="lines", line=dict(color=colour, dash="dot")), row=1, col=2)
+fig.update_xaxes(title_text="epoch")
+fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+ui.chart(fig, key="compare")
+
+st.subheader("Settings side by side")
+settings = {}
+for run in chosen:
+    try:
+        settings[ui.run_title(run)] = ui.flatten(run.config().to_dict())
+    except Exception:  # noqa: BLE001
+        continue
+frame = pd.DataFrame(settings).astype(str)
+only_diff = st.toggle("Only settings that differ", value=len(chosen) > 1, key="runs_only_diff")
+if only_diff and len(frame.columns) > 1:
+    frame = frame[frame.nunique(axis=1) > 1]
+if frame.empty:
+    st.caption("These runs have the same settings.")
+else:
+    st.dataframe(frame, width="stretch")
+
+# ---------------------------------------------------------------------------------- per-run actions
+st.subheader("Download and delete")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def exported(run_id: str, modified: float, fmt: str) -> tuple[bytes, str]:
+    """Export a run's model once per model version; returns the file's bytes and name."""
+    from core.export import export_run
+
+    path = export_run(ui.store().get(run_id), fmt)
+    return path.read_bytes(), path.name
+
+
+for run in chosen:
+    status = run.status()
+    with st.expander(f"{ui.STATE_ICONS.get(status.state, '')} {ui.run_title(run)} — {status.state}", expanded=len(chosen) == 1):
+        if status.state == "failed" and status.error:
+            st.error(f"Training failed: {status.error}", icon="🚫")
+        cols = st.columns(4)
+        cols[0].download_button("Config (JSON)", (run.path / "config.json").read_bytes(), file_name=f"{run.id}-config.json",
+                                mime="application/json", key=f"config-{run.id}", icon="⬇️", width="stretch")
+        if cols[1].button("Use these settings", key=f"use-{run.id}", icon="🏋️", width="stretch",
+                          help="Load this run's settings into the Train page."):
+            ui.apply_config(run.config())
+            st.session_state["preset"] = None
+            st.switch_page(ui.PAGES["train"])
+        if run.model_path.is_file():
+            modified = run.model_path.stat().st_mtime
+            fmt = cols[2].selectbox("Model format", list(EXPORT_FORMATS), key=f"fmt-{run.id}",
+                                    format_func=lambda f: EXPORT_FORMATS[f][0], label_visibility="collapsed")
+            if fmt == "keras":
+                cols[3].download_button("Download model", run.model_path.read_bytes(), file_name=f"{run.id}.keras",
+                                        key=f"dl-{run.id}", icon="⬇️", width="stretch")
+            elif cols[3].button("Prepare download", key=f"export-{run.id}-{fmt}", icon="📦", width="stretch"):
+                try:
+                    with st.spinner(f"Exporting {EXPORT_FORMATS[fmt][0]}…"):
+                        st.session_state[f"exported-{run.id}-{fmt}"] = exported(run.id, modified, fmt)
+                except ImportError:
+                    st.warning("Export to this format is not available in this version of core.", icon="🚧")
+                except Exception as exc:  # noqa: BLE001 - converters fail in many ways; say which
+                    st.error(f"Export failed: {exc}", icon="🚫")
+            ready = st.session_state.get(f"exported-{run.id}-{fmt}")
+            if ready and fmt != "keras":
+                st.download_button(f"Download {ready[1]}", ready[0], file_name=ready[1], mime=EXPORT_FORMATS[fmt][1],
+                                   key=f"dl-{run.id}-{fmt}", icon="⬇️")
+        else:
+            cols[2].caption("No trained model in this run.")
+        confirm = st.checkbox("I want to delete this run and its files", key=f"confirm-{run.id}")
+        if st.button("Delete run", key=f"delete-{run.id}", icon="🗑️", disabled=not confirm or status.active,
+                     help="Stop a running run first." if status.active else None):
+            try:
+                ui.store().delete(run.id)
+            except RunError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state.pop("runs_selected", None)
+                st.toast(f"Deleted {ui.run_title(run)}")
+                st.rerun()

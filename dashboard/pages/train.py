@@ -1,0 +1,348 @@
+"""Train: presets and settings (backbone, unfreeze depth with its layer table, schedule), start / stop, live curves.
+
+Training runs in its own process (``python -m core.train`` through ``core.runs``); this page only
+reads the run folder, so a refresh, a second tab or a dashboard restart shows the same run.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.backbones import BACKBONES
+from core.config import PRESETS, ConfigError, RunConfig, preset
+from core.data import DatasetError
+from core.runs import Run, RunError
+from dashboard import ui
+
+IMAGE_SIZES = [32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512]
+BATCH_SIZES = [4, 8, 16, 32, 64, 128, 256]
+# Patient-grouped split sizes of the Kaggle set (5,216 train images, 15 % to validation), used to
+# estimate a Kaggle run before the set is downloaded.
+KAGGLE_TRAIN_VAL = (4434, 782)
+
+st.title("Train")
+st.caption("Pick a preset or tune the settings, start training, and watch it learn. Training runs in a "
+           "separate process: you can refresh, open a second tab or restart the dashboard without losing it.")
+
+
+# ---------------------------------------------------------------------------------- live run
+def _focus_run() -> Run | None:
+    """The run to show live: an active one first, else the one this session started last."""
+    runs = ui.store().list()
+    active = [run for run in runs if run.status().active]
+    mine = st.session_state.get("train_run_id")
+    for run in active:
+        if run.id == mine:
+            return run
+    if active:
+        return active[0]
+    return ui.run_or_none(mine)
+
+
+def _device_text(device: dict) -> str:
+    if not device:
+        return "device: not chosen yet"
+    gpus = device.get("gpus", 0)
+    what = {"cpu": "CPU", "gpu": "1 GPU", "mirrored": f"{device.get('replicas', gpus)} replicas (MirroredStrategy)",
+            "multiworker": "several machines (MultiWorkerMirroredStrategy)"}.get(device.get("strategy"), device.get("strategy"))
+    return (f"**Device:** {what} · GPUs visible: {gpus} · precision {device.get('precision')} · "
+            f"XLA {'on' if device.get('jit_compile') else 'off'}  \n{device.get('reason', '')}")
+
+
+def live_panel(run: Run) -> None:
+    status = run.status()
+    # Poll only while the run is active; a finished run is drawn once and left alone.
+    interval = 2.0 if status.active else None
+
+    @st.fragment(run_every=interval)
+    def body() -> None:
+        status = run.status()
+        was_active = st.session_state.get("_live_active", {}).get(run.id)
+        st.session_state.setdefault("_live_active", {})[run.id] = status.active
+        if was_active and not status.active:
+            st.rerun()  # the run just ended: redraw the page once, without the timer
+        with st.container(border=True):
+            head, buttons = st.columns([3, 2])
+            head.markdown(f"### {ui.STATE_ICONS.get(status.state, '')} {ui.run_title(run)}")
+            head.caption(f"Run `{run.id}` · **{status.state}**"
+                         + (f" · {ui.data_label(run.config())}" if (run.path / 'config.json').exists() else ""))
+            with buttons:
+                if status.active:
+                    if run.stop_requested():
+                        st.info("Stop requested: it ends after the current batch.", icon="⏳")
+                        if st.button("Force stop", key=f"kill-{run.id}", help="Terminate the training process now."):
+                            run.kill()
+                    elif st.button("Stop", key=f"stop-{run.id}", icon="⏹️", type="secondary",
+                                   help="Stop after the current batch; the best checkpoint is kept."):
+                        run.request_stop()
+                        st.rerun(scope="fragment")
+                elif status.state == "finished":
+                    if st.button("Evaluate this run", key=f"eval-{run.id}", icon="📈", type="primary"):
+                        st.session_state["run_id"] = run.id
+                        st.switch_page(ui.PAGES["evaluate"])
+                elif status.state in ("interrupted", "stopped"):
+                    if st.button("Resume", key=f"resume-{run.id}", icon="▶️",
+                                 help="Continue from the last completed epoch.",
+                                 disabled=any(r.status().active for r in ui.store().list())):
+                        try:
+                            run.launch(resume=True)
+                        except RunError as exc:
+                            st.error(str(exc))
+                        st.rerun()
+            st.progress(min(max(status.progress, 0.0), 1.0),
+                        text=status.message or status.state)
+            cols = st.columns(5)
+            cols[0].metric("Epoch", f"{status.epoch} / {status.epochs_total or '?'}")
+            cols[1].metric("Phase", {"head": "head (base frozen)", "finetune": "fine-tune"}.get(status.phase, status.phase or "—"))
+            cols[2].metric("Images / s", f"{status.images_per_sec:.0f}" if status.images_per_sec else "—")
+            cols[3].metric("Time left", ui.duration(status.eta_seconds) if status.active else "—")
+            cols[4].metric("Best val AUC", ui.num(status.best_val_auc))
+            st.markdown(_device_text(status.device))
+            if status.state == "failed":
+                st.error(f"Training failed: {status.error or 'no reason recorded'}", icon="🚫")
+                with st.expander("Training log (last lines)"):
+                    st.code(run.log_tail(30) or "(empty)", language=None)
+            elif status.state == "interrupted":
+                st.warning(status.message, icon="⚠️")
+            elif status.state == "stopped":
+                st.info(status.message or "Stopped by request.", icon="⏹️")
+            elif status.state == "finished":
+                metrics = run.metrics() or {}
+                st.success(f"Finished. Test set: sensitivity {ui.pct(metrics.get('sensitivity'))}, "
+                           f"specificity {ui.pct(metrics.get('specificity'))}, ROC AUC {ui.num(metrics.get('roc_auc'))}.",
+                           icon="✅")
+            epochs = run.epochs()
+            steps = run.history("step") if status.active else None
+            if epochs or steps:
+                ui.chart(ui.training_curves(epochs, steps), key=f"curves-{run.id}")
+            elif status.active:
+                st.caption("Curves appear after the first epoch.")
+
+    body()
+
+
+focus = _focus_run()
+if focus is not None:
+    live_panel(focus)
+
+any_active = any(run.status().active for run in ui.store().list())
+
+# ---------------------------------------------------------------------------------- presets
+PRESET_TEXT = {
+    "Quick CPU demo": "A small CNN trained from scratch on the synthetic demo set at 64 px. About a minute on a laptop CPU.",
+    "Reference recipe (VGG16, GPU recommended)": "VGG16 with ImageNet weights on the Kaggle set at 224 px: head for 10 epochs, "
+    "then fine-tune from block 3 at a low learning rate. Needs the weights file and the data set; hours on a CPU.",
+}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def estimate(config_json: str) -> dict:
+    """A one-batch probe of the settings on this machine (``core.train.estimate_run_time``)."""
+    from core.train import estimate_run_time
+
+    config = RunConfig.from_json(config_json)
+    try:
+        return estimate_run_time(config, steps=1)
+    except DatasetError:
+        if config.data.source != "kaggle":
+            raise
+        result = estimate_run_time(config, *KAGGLE_TRAIN_VAL, steps=1)
+        result["note"] += "; Kaggle set not downloaded yet: its standard size was assumed"
+        return result
+
+
+def show_estimate(config: RunConfig, key: str) -> None:
+    known = st.session_state.setdefault("estimates", {})
+    text = config.to_json()
+    if text in known:
+        result = known[text]
+        if "error" in result:
+            st.error(result["error"])
+        else:
+            per_epoch = ", ".join(f"{name} {ui.duration(sec)}" for name, sec in result["seconds_per_epoch"].items())
+            st.markdown(f"⏱️ **about {ui.duration(result['total_seconds'])}** on this machine "
+                        f"({per_epoch} per epoch)")
+            st.caption(result["note"])
+    if st.button("Measure on this machine" if text not in known else "Measure again", key=key, icon="⏱️",
+                 help="Builds the model and times one training batch per phase (a few seconds; longer for big backbones)."):
+        with st.spinner("Timing one batch…"):
+            try:
+                estimate.clear() if text in known else None
+                known[text] = estimate(text)
+            except (ConfigError, DatasetError, ValueError, RuntimeError, MemoryError) as exc:
+                known[text] = {"error": f"Could not measure: {exc}"}
+        st.rerun()
+
+
+st.subheader("Presets")
+preset_columns = st.columns(len(PRESETS))
+for column, name in zip(preset_columns, PRESETS):
+    config = preset(name)
+    with column.container(border=True):
+        st.markdown(f"**{name}**" + (" · :orange-badge[synthetic data]" if ui.is_synthetic(config) else ""))
+        st.caption(PRESET_TEXT.get(name, ""))
+        show_estimate(config, key=f"estimate-{name}")
+        st.button("Use this preset", key=f"use-{name}", type="primary" if st.session_state.get("preset") == name else "secondary",
+                  on_click=lambda n=name: (ui.apply_config(preset(n)), st.session_state.__setitem__("preset", n)))
+
+# ---------------------------------------------------------------------------------- settings
+st.subheader("Settings")
+
+
+def _backbone_changed() -> None:
+    spec = BACKBONES[st.session_state["cfg.model.backbone"]]
+    st.session_state["cfg.model.alpha"] = spec.default_alpha
+    block = st.session_state.get("cfg.model.unfreeze_from_block") or 1
+    st.session_state["cfg.model.unfreeze_from_block"] = min(max(int(block), 1), len(spec.blocks))
+    if not spec.pretrained and st.session_state.get("weights_choice") == "imagenet":
+        st.session_state["weights_choice"] = "none"
+
+
+spec = BACKBONES[st.session_state["cfg.model.backbone"]]
+# Settings loaded from a preset or an old run may lie outside a widget's choices: bring them in.
+if st.session_state.get("cfg.model.unfreeze_from_block") is None:
+    st.session_state["cfg.model.unfreeze_from_block"] = len(spec.blocks)
+if spec.alphas and st.session_state.get("cfg.model.alpha") not in spec.alphas:
+    st.session_state["cfg.model.alpha"] = spec.default_alpha
+IMAGE_SIZES = sorted(set(IMAGE_SIZES) | {int(st.session_state["cfg.data.image_size"])})
+BATCH_SIZES = sorted(set(BATCH_SIZES) | {int(st.session_state["cfg.train.batch_size"])})
+
+st.text_input("Run name", key="cfg.name", max_chars=60)
+model_tab, data_tab, schedule_tab = st.tabs(["Model and unfreeze depth", "Data and augmentation", "Schedule"])
+
+with model_tab:
+    left, right = st.columns([2, 3])
+    with left:
+        st.selectbox("Backbone", list(BACKBONES), key="cfg.model.backbone", on_change=_backbone_changed,
+                     format_func=lambda name: BACKBONES[name].label)
+        if spec.notes:
+            st.caption(spec.notes)
+        if spec.alphas:
+            st.selectbox("Width (alpha)", list(spec.alphas), key="cfg.model.alpha")
+        weight_options = ["imagenet", "none", "file"] if spec.pretrained else ["none", "file"]
+        if st.session_state.get("weights_choice") not in weight_options:
+            st.session_state["weights_choice"] = "none"
+        st.radio("Pretrained weights", weight_options, key="weights_choice", horizontal=True,
+                 format_func={"imagenet": "ImageNet", "none": "none (from scratch)", "file": "local file"}.get)
+        if st.session_state["weights_choice"] == "file":
+            st.text_input("Weights file (.h5 / .keras)", key="weights_file", placeholder="/path/to/weights_notop.h5")
+        elif st.session_state["weights_choice"] == "imagenet":
+            from core.backbones import imagenet_file_name, keras_cache_dir
+
+            file_name = imagenet_file_name(spec, st.session_state.get("cfg.model.alpha"))
+            if (keras_cache_dir() / file_name).is_file():
+                st.caption(f"✅ `{file_name}` is in the Keras cache.")
+            else:
+                st.warning(f"`{file_name}` is not in the Keras cache (`{keras_cache_dir()}`): training will try to "
+                           "download it. Offline, choose a local weights file or train from scratch.", icon="📦")
+        st.slider("Dropout before the classifier", 0.0, 0.8, step=0.05, key="cfg.model.dropout")
+    with right:
+        blocks = [label for label, _ in spec.blocks]
+        if len(blocks) > 1:
+            st.slider("Unfreeze from block (fine-tune phase)", 1, len(blocks), key="cfg.model.unfreeze_from_block",
+                      help="Blocks below stay frozen; this block and everything above it train in the fine-tune phase.")
+        block = int(st.session_state["cfg.model.unfreeze_from_block"])
+        try:
+            rows = ui.layer_rows(ui.current_config().model)
+        except (ConfigError, ValueError) as exc:
+            st.error(str(exc))
+            rows = []
+        if rows:
+            trainable = sum(row["trainable parameters"] for row in rows)
+            total = sum(row["parameters"] for row in rows)
+            st.markdown(f"Fine-tuning trains **{blocks[block - 1]} and above**: "
+                        f"**{trainable:,}** of {total:,} parameters ({trainable / max(total, 1):.0%}). "
+                        "The head phase trains only the classifier head.")
+            table = pd.DataFrame(rows)
+            st.dataframe(table, hide_index=True, width="stretch",
+                         column_config={"parameters": st.column_config.NumberColumn(format="localized"),
+                                        "trainable parameters": st.column_config.NumberColumn(format="localized")})
+
+with data_tab:
+    left, right = st.columns(2)
+    with left:
+        source = st.session_state.get("cfg.data.source", "demo")
+        st.markdown(f"**Data:** {ui.data_label(ui.current_config())}"
+                    + (f" {ui.SYNTHETIC_BADGE}" if source == "demo" else ""))
+        st.page_link(ui.PAGES["data"], label="Change the data source on the Data page", icon="🗂️")
+        st.select_slider("Image size (px)", IMAGE_SIZES, key="cfg.data.image_size")
+        st.radio("Resize", ["stretch", "letterbox"], key="cfg.data.resize_mode", horizontal=True,
+                 help="Letterbox keeps the aspect ratio and pads with black.")
+        st.radio("Validation set", ["patient_split", "official"], key="cfg.data.validation", horizontal=True,
+                 format_func={"patient_split": "carved from train by patient", "official": "the set's own val split"}.get)
+        if st.session_state["cfg.data.validation"] == "patient_split":
+            st.slider("Validation fraction", 0.05, 0.5, step=0.01, key="cfg.data.val_fraction")
+        st.number_input("Cap train images per class (empty = all)", min_value=2, step=50,
+                        key="cfg.data.max_images_per_class", help="A balanced subset for quick runs.")
+    with right:
+        st.markdown("**Augmentation** (also on the Data page, with a preview)")
+        st.slider("Rotation (± degrees)", 0.0, 45.0, step=1.0, key="cfg.augment.rotation_degrees")
+        st.slider("Zoom (± fraction)", 0.0, 0.5, step=0.01, key="cfg.augment.zoom")
+        st.slider("Shift (± fraction of the side)", 0.0, 0.5, step=0.01, key="cfg.augment.shift")
+        st.slider("Brightness (±)", 0.0, 0.5, step=0.01, key="cfg.augment.brightness")
+        st.slider("Contrast (±)", 0.0, 0.5, step=0.01, key="cfg.augment.contrast")
+        st.slider("Noise (std, pixel units)", 0.0, 50.0, step=1.0, key="cfg.augment.noise_std")
+        st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip")
+
+with schedule_tab:
+    head_col, fine_col, other_col = st.columns(3)
+    with head_col:
+        st.markdown("**Phase 1 — head** (backbone frozen)")
+        st.number_input("Epochs", 0, 1000, step=1, key="cfg.train.head.epochs", help="0 skips the phase.")
+        st.number_input("Learning rate", 1e-7, 1.0, step=1e-4, format="%.1e", key="cfg.train.head.learning_rate")
+    with fine_col:
+        st.markdown(f"**Phase 2 — fine-tune** (from {blocks[block - 1]} up)")
+        st.number_input("Epochs", 0, 1000, step=1, key="cfg.train.finetune.epochs", help="0 skips the phase.")
+        st.number_input("Learning rate", 1e-7, 1.0, step=1e-5, format="%.1e", key="cfg.train.finetune.learning_rate")
+    with other_col:
+        st.select_slider("Batch size", BATCH_SIZES, key="cfg.train.batch_size")
+        st.radio("Class weights", ["balanced", "none"], key="cfg.train.class_weight", horizontal=True,
+                 help="Balanced weights make the rarer class count as much as the common one.")
+        st.number_input("Early stopping patience (epochs, 0 = off)", 0, 100, step=1,
+                        key="cfg.train.early_stopping_patience",
+                        help="Stop a phase when validation AUC has not improved for this many epochs.")
+    with st.expander("Threshold, device and reproducibility"):
+        a, b, c = st.columns(3)
+        a.radio("Decision threshold chosen on validation by", ["youden", "sensitivity"], key="cfg.train.threshold_method",
+                format_func={"youden": "Youden's J (balance)", "sensitivity": "a target sensitivity"}.get)
+        if st.session_state["cfg.train.threshold_method"] == "sensitivity":
+            a.slider("Target sensitivity", 0.5, 0.99, step=0.01, key="cfg.train.target_sensitivity")
+        b.selectbox("Device", ["auto", "cpu", "gpu", "mirrored", "multiworker"], key="cfg.train.device")
+        b.selectbox("Precision", ["auto", "float32", "mixed_bfloat16", "mixed_float16"], key="cfg.train.precision")
+        c.selectbox("XLA compile", ["auto", True, False], key="cfg.train.jit_compile",
+                    format_func=lambda v: {"auto": "auto", True: "on", False: "off"}[v])
+        c.number_input("Seed", 0, 2**31 - 1, step=1, key="cfg.train.seed")
+
+# ---------------------------------------------------------------------------------- start
+st.subheader("Start")
+problem = None
+try:
+    config = ui.current_config().validate()
+except ConfigError as exc:
+    config, problem = None, str(exc)
+
+left, right = st.columns([3, 2])
+with left:
+    if problem:
+        st.error(f"Fix this setting first — {problem}", icon="✋")
+    else:
+        epochs = config.train.head.epochs + config.train.finetune.epochs
+        st.markdown(f"**{BACKBONES[config.model.backbone].label}** at {config.data.image_size} px, "
+                    f"weights *{config.model.weights}*, {epochs} epochs "
+                    f"({config.train.head.epochs} head + {config.train.finetune.epochs} fine-tune), "
+                    f"batch {config.train.batch_size}, data: {ui.data_label(config)}.")
+        show_estimate(config, key="estimate-current")
+with right:
+    if any_active:
+        st.info("A run is in progress. Stop it or wait for it to finish before starting another: "
+                "two trainings would share this machine's cores.", icon="⏳")
+    if st.button("Start training", type="primary", icon="🚀", disabled=bool(problem) or any_active, width="stretch"):
+        try:
+            run = ui.store().create(config)
+            run.launch()
+        except (ConfigError, RunError, OSError) as exc:
+            st.error(f"Could not start: {exc}")
+        else:
+            st.session_state["train_run_id"] = run.id
+            st.session_state.setdefault("_live_active", {})[run.id] = True
+            st.rerun()
