@@ -129,6 +129,7 @@ class PhaseConfig:
 
     epochs: int = 10
     learning_rate: float = 1e-3
+    augment: bool = True  # off: this phase sees unaugmented images (and frozen layers can be cached)
 
     def validate(self, name: str) -> None:
         _check(0 <= self.epochs <= 1000, f"train.{name}.epochs", "must be 0..1000 (0 skips the phase)")

@@ -52,7 +52,7 @@ class _ResumeState:
         return cls(**{k: raw[k] for k in ("epoch", "phase", "best_val_auc", "wait") if k in raw})
 
 
-def _make_progress_callback(keras, run: Run, plan_total_epochs: int, batch_size: int, every: int,
+def _make_progress_callback(keras, run: Run, full_model, plan_total_epochs: int, batch_size: int, every: int,
                             state: _ResumeState, phase: str, patience: int):
     """A Keras callback that streams progress, checkpoints, early-stops, honours stop requests."""
 
@@ -94,12 +94,12 @@ def _make_progress_callback(keras, run: Run, plan_total_epochs: int, batch_size:
             improved = np.isfinite(val_auc) and val_auc > state.best_val_auc
             if improved:
                 state.best_val_auc, state.wait = val_auc, 0
-                self.model.save(run.model_path)  # best checkpoint on validation AUC
+                full_model.save(run.model_path)  # best checkpoint on validation AUC (the whole model)
             else:
                 state.wait += 1
             # Checkpoint for resume, then history, then the state that makes both count: a kill at
             # any point leaves either the old epoch or the new one, never a half.
-            self.model.save(run.path / "last.keras")
+            full_model.save(run.path / "last.keras")
             run.append_history({"type": "epoch", "phase": phase, "epoch": state.epoch,
                                 "seconds": time.time() - self.epoch_start, "best": bool(improved), **logs})
             state.phase = phase
@@ -160,8 +160,6 @@ def train_run(run: Run, resume: bool = False) -> None:
         raise data_lib.DatasetError("training and validation data each need images of both classes")
     batch = config.train.batch_size
     global_batch = batch * plan.replicas
-    train_ds = data_lib.make_dataset(x_train, y_train, global_batch, training=True, augment=config.augment, seed=config.train.seed)
-    val_ds = data_lib.make_dataset(x_val, y_val, global_batch, training=False)
     weights = class_weights(y_train, config.train.class_weight)
 
     phases = [(name, getattr(config.train, name)) for name in PHASES if getattr(config.train, name).epochs > 0]
@@ -186,13 +184,20 @@ def train_run(run: Run, resume: bool = False) -> None:
         run.update_status(phase=name, message=f"{name}: starting")
         with strategy.scope():
             set_trainable(model, config.model, name)
-            _compile(keras, model, phase.learning_rate, plan.jit_compile)
-        callback = _make_progress_callback(keras, run, total_epochs, global_batch, config.train.progress_every_steps,
+            fit_model, train_ds, val_ds, note = _phase_inputs(model, name, phase, config, plan, global_batch,
+                                                              (x_train, y_train), (x_val, y_val))
+            _compile(keras, fit_model, phase.learning_rate, plan.jit_compile)
+        log.info("%s phase: %s", name, note)
+        run.append_history({"type": "phase", "phase": name, "start_epoch": phase_start, "epochs": phase.epochs,
+                            "learning_rate": phase.learning_rate, "note": note})
+        callback = _make_progress_callback(keras, run, model, total_epochs, global_batch, config.train.progress_every_steps,
                                            state, name, config.train.early_stopping_patience)
-        model.fit(train_ds, validation_data=val_ds, epochs=phase_end, initial_epoch=state.epoch,
-                  class_weight=weights, verbose=0, shuffle=False,  # the tf.data pipeline shuffles
-                  callbacks=[callback, keras.callbacks.TerminateOnNaN(),
-                             keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard"), profile_batch=0)])
+        fit_model.fit(train_ds, validation_data=val_ds, epochs=phase_end, initial_epoch=state.epoch,
+                      class_weight=weights, verbose=0, shuffle=False,  # the tf.data pipeline shuffles
+                      callbacks=[callback, keras.callbacks.TerminateOnNaN(),
+                                 keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard"), profile_batch=0)])
+        model.stop_training = fit_model.stop_training
+        model.history = fit_model.history
         if model.stop_training and not np.isfinite(model.history.history.get("loss", [0.0])[-1]):
             raise FloatingPointError("training diverged (loss is NaN); try a lower learning rate")
         if run.model_path.exists():  # the next phase starts from the best weights so far
@@ -263,6 +268,28 @@ def estimate_run_time(config: RunConfig, n_train: int | None = None, n_val: int 
         "note": f"measured on {steps} batches of {batch} per phase (upper bound: early stopping may end sooner; "
                 "data loading and the test evaluation not included)",
     }
+
+
+def _phase_inputs(model, name: str, phase: PhaseConfig, config: RunConfig, plan, batch: int,
+                  train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]):
+    """The model to fit and its data for one phase: cached frozen outputs when that is exact, else images."""
+    from core import data as data_lib
+    from core.frozen import cache_plan, compute_frozen, features_dataset, split_at_freeze_boundary
+
+    augment_active = phase.augment and config.augment.active
+    split = split_at_freeze_boundary(model) if config.train.cache_frozen_features else None
+    use_cache, note = cache_plan(split, len(train[1]) + len(val[1]), augment_active, config.train.cache_frozen_features)
+    if use_cache:
+        plain = [data_lib.make_dataset(x, y, batch, training=False) for x, y in (train, val)]
+        features = [compute_frozen(split, ds) for ds in plain]
+        return (split.top,
+                features_dataset(features[0], train[1], batch, training=True, seed=config.train.seed),
+                features_dataset(features[1], val[1], batch, training=False), note)
+    augment = config.augment if augment_active else None
+    return (model,
+            data_lib.make_dataset(*train, batch, training=True, augment=augment, seed=config.train.seed),
+            data_lib.make_dataset(*val, batch, training=False),
+            f"training on images ({note})" if note else "training on images")
 
 
 def _finish(run: Run, config: RunConfig, model, x_val, y_val, batch: int) -> None:

@@ -1,0 +1,96 @@
+"""Frozen layers computed once: split a model at its freeze boundary and cache the frozen part's output.
+
+When a phase trains with the bottom of the network frozen and no augmentation, the frozen part
+maps each image to the same tensor every epoch. Computing that tensor once and training only the
+top turns the head phase into a logistic regression on cached features and cuts fine-tuning to
+the unfrozen blocks. The top model reuses the full model's layer objects, so its weights *are*
+the full model's weights: nothing is copied back. Results are identical in expectation (dropout
+and augmentation-free inputs are the same; frozen BatchNorm runs in inference mode either way).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import psutil
+import tensorflow as tf
+
+__all__ = ["FrozenSplit", "split_at_freeze_boundary", "cache_plan", "compute_frozen", "features_dataset"]
+
+
+@dataclass
+class FrozenSplit:
+    """``top(bottom(x)) == model(x)``; ``bottom`` holds only frozen layers."""
+
+    bottom: keras.Model
+    top: keras.Model
+    boundary: str  # the layer whose input (or output, for the head) is cached
+
+    def bytes_per_image(self, dtype_bytes: int = 2) -> int:
+        return int(np.prod(self.bottom.output.shape[1:])) * dtype_bytes
+
+
+def split_at_freeze_boundary(model: keras.Model) -> FrozenSplit | None:
+    """Split where the first layer with trainable weights begins; None when nothing below is frozen.
+
+    Only single-tensor boundaries are split (true at every block boundary of the registered
+    backbones); anything else returns None and the phase trains on images.
+    """
+    first = next((layer for layer in model.layers if layer.trainable_weights), None)
+    if first is None:
+        return None
+    if first.name == "logit":
+        boundary_tensor, boundary = model.get_layer("pool").output, "pool"  # head phase: pooled features
+    else:
+        boundary_tensor, boundary = first.input, first.name
+    if isinstance(boundary_tensor, (list, tuple)) or boundary_tensor is model.input:
+        return None
+    below = _layers_below(model, boundary_tensor)
+    if any(layer.trainable_weights for layer in below) or not any(layer.weights for layer in below):
+        return None  # something below still trains, or nothing below is worth computing once
+    try:
+        bottom = keras.Model(model.input, boundary_tensor, name="frozen_bottom")
+        top = keras.Model(boundary_tensor, model.output, name="trainable_top")
+    except ValueError:
+        return None
+    return FrozenSplit(bottom, top, boundary)
+
+
+def _layers_below(model: keras.Model, tensor) -> list:
+    try:
+        return keras.Model(model.input, tensor).layers
+    except ValueError:
+        return []
+
+
+def cache_plan(split: FrozenSplit | None, n_images: int, augment_active: bool, enabled: bool,
+               memory_fraction: float = 0.35) -> tuple[bool, str]:
+    """Whether to cache this phase's frozen outputs, and the reason in words (shown to the user)."""
+    if not enabled:
+        return False, "frozen-layer caching is switched off"
+    if split is None:
+        return False, "nothing below the trainable layers is frozen"
+    if augment_active:
+        return False, "augmentation is on in this phase, so the frozen layers see new inputs every epoch"
+    need = split.bytes_per_image() * n_images
+    budget = psutil.virtual_memory().available * memory_fraction
+    if need > budget:
+        return False, (f"the frozen outputs at '{split.boundary}' would need {need / 2**30:.1f} GiB, "
+                       f"more than the {budget / 2**30:.1f} GiB budget")
+    return True, f"frozen layers computed once: training from cached outputs at '{split.boundary}' ({need / 2**20:.0f} MiB)"
+
+
+def compute_frozen(split: FrozenSplit, dataset: tf.data.Dataset) -> np.ndarray:
+    """Run the frozen bottom once over a (non-shuffled, non-augmented) dataset; float16 storage."""
+    outputs = [split.bottom(images, training=False).numpy().astype(np.float16) for images, _ in dataset]
+    return np.concatenate(outputs) if outputs else np.zeros((0, *split.bottom.output.shape[1:]), np.float16)
+
+
+def features_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool,
+                     seed: int = 0) -> tf.data.Dataset:
+    """Batches of cached frozen outputs (float32) with labels, shuffled each epoch when training."""
+    ds = tf.data.Dataset.from_tensor_slices((features, labels.astype("float32")))
+    if training:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
