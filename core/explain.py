@@ -30,6 +30,7 @@ __all__ = [
 CAM_METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 CAM_TARGETS = ("predicted", "pneumonia", "normal")
 SCORECAM_MAX_N = 10  # Faster Score-CAM: only the 10 highest-variance channels (tf-keras-vis docs' value)
+CAM_BATCH = 16  # images per tf-keras-vis call
 _EPS = 1e-7
 
 
@@ -217,6 +218,10 @@ def compute_cam(model: keras.Model, images: np.ndarray, method: str = "gradcam",
     x, single = _batch(images)
     layer = layer or default_cam_layer(model)
     model.get_layer(layer)  # fail early with Keras's message naming the layer
+    if len(x) > CAM_BATCH:  # bound memory: Score-CAM alone runs max_N forward passes per image
+        cam = np.concatenate([compute_cam(model, x[i:i + CAM_BATCH], method, layer, target, threshold)
+                              for i in range(0, len(x), CAM_BATCH)])
+        return cam
     explained = _explained_classes(_logits(model, x), target, threshold)
     options = dict(penultimate_layer=layer, seek_penultimate_conv_layer=False, expand_cam=False,
                    normalize_cam=False, activation_modifier=None)
