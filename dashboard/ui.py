@@ -23,16 +23,18 @@ from core.runs import Run, RunError, RunStore
 NOTICE = "**Research and education only — not for diagnosis.** Predictions and heatmaps must not guide patient care."
 SYNTHETIC_BADGE = ":orange-badge[synthetic]"
 PAGES = {
-    "data": "pages/data.py",
-    "train": "pages/train.py",
-    "runs": "pages/runs.py",
-    "evaluate": "pages/evaluate.py",
-    "explain": "pages/explain.py",
-    "demo": "pages/demo.py",
+    "data": "views/data.py",
+    "train": "views/train.py",
+    "runs": "views/runs.py",
+    "evaluate": "views/evaluate.py",
+    "explain": "views/explain.py",
+    "demo": "views/demo.py",
 }
-STATE_ICONS = {
-    "created": "⚪", "queued": "🕓", "running": "🔵", "finished": "🟢",
-    "failed": "🔴", "stopped": "🟠", "interrupted": "🟠",
+STATE_BADGES = {
+    "created": ":gray-badge[created]", "queued": ":blue-badge[:material/schedule: queued]",
+    "running": ":blue-badge[:material/autorenew: running]", "finished": ":green-badge[:material/check: finished]",
+    "failed": ":red-badge[:material/error: failed]", "stopped": ":orange-badge[:material/stop: stopped]",
+    "interrupted": ":orange-badge[:material/warning: interrupted]",
 }
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 SETTING_PREFIX = "cfg."
@@ -55,11 +57,16 @@ def run_or_none(run_id: str | None) -> Run | None:
         return None
 
 
+def state_badge(state: str) -> str:
+    """A coloured badge for a run state (Markdown)."""
+    return STATE_BADGES.get(state, f":gray-badge[{state}]")
+
+
 def run_title(run: Run) -> str:
-    """``name · 2025-01-31 14:02`` for a run id ``20250131-140233-name``."""
+    """``name · 01-31 14:02`` for a run id ``20250131-140233-name``."""
     parts = run.id.split("-", 2)
     try:
-        when = datetime.strptime(f"{parts[0]}-{parts[1]}", "%Y%m%d-%H%M%S").strftime("%Y-%m-%d %H:%M")
+        when = datetime.strptime(f"{parts[0]}-{parts[1]}", "%Y%m%d-%H%M%S").strftime("%m-%d %H:%M")
         return f"{parts[2] if len(parts) > 2 else run.id} · {when}"
     except (ValueError, IndexError):
         return run.id
@@ -103,14 +110,14 @@ def pick_run() -> Run | None:
 
         st.session_state["_run_picker"] = chosen
         st.selectbox("Run", ids, key="_run_picker", on_change=remember,
-                     format_func=lambda rid: f"{STATE_ICONS.get(by_id[rid].status().state, '')} {run_title(by_id[rid])}",
+                     format_func=lambda rid: run_title(by_id[rid]),
                      help="The trained run shown on Evaluate, Explain and Demo.")
     return by_id[chosen]
 
 
 def sidebar_notice() -> None:
     with st.sidebar:
-        st.warning(NOTICE, icon="⚠️")
+        st.warning(NOTICE, icon=":material/warning:")
         st.caption(f"Run store: `{store().root}`")
 
 
@@ -126,27 +133,34 @@ def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def apply_config(config: RunConfig) -> None:
-    """Put every setting of ``config`` into the widgets' session state."""
-    for key, value in flatten(config.to_dict()).items():
-        st.session_state[SETTING_PREFIX + key] = value
+def settings_of(config: RunConfig) -> dict[str, Any]:
+    """Widget keys and values that describe ``config`` (``cfg.<dotted setting>`` plus the weights choice)."""
+    values = {SETTING_PREFIX + key: value for key, value in flatten(config.to_dict()).items()}
     weights = config.model.weights
-    st.session_state["weights_choice"] = weights if weights in ("imagenet", "none") else "file"
-    st.session_state["weights_file"] = "" if weights in ("imagenet", "none") else weights
+    values["weights_choice"] = weights if weights in ("imagenet", "none") else "file"
+    values["weights_file"] = "" if weights in ("imagenet", "none") else weights
+    return values
+
+
+def apply_config(config: RunConfig) -> None:
+    """Put every setting of ``config`` into the widgets' session state (call from a widget callback)."""
+    st.session_state.update(settings_of(config))
 
 
 def init_settings() -> None:
     """Default settings once per session (the quick preset); keep them alive across pages.
 
-    Streamlit forgets a widget's value when a page without that widget runs; assigning the
-    value back at the top of every run keeps the user's settings while they move between pages.
+    Streamlit drops a widget's value when a page without that widget runs. The settings are
+    therefore mirrored in ``_saved_settings`` at the start of every run and put back from it.
     """
-    if SETTING_PREFIX + "name" not in st.session_state:
-        apply_config(preset("Quick CPU demo"))
-        st.session_state["preset"] = "Quick CPU demo"
-    for key in list(st.session_state.keys()):
-        if key.startswith(SETTING_PREFIX) or key in ("weights_choice", "weights_file", "preset"):
-            st.session_state[key] = st.session_state[key]
+    saved = st.session_state.setdefault("_saved_settings", {})
+    if not saved:
+        saved.update(settings_of(preset("Quick CPU demo")))
+        st.session_state.setdefault("preset", "Quick CPU demo")
+    for key in saved:
+        if key in st.session_state:
+            saved[key] = st.session_state[key]
+        st.session_state[key] = saved[key]
 
 
 def current_config() -> RunConfig:
@@ -184,6 +198,14 @@ def folder_mtime(path: str) -> float:
         return Path(path).expanduser().stat().st_mtime
     except OSError:
         return 0.0
+
+
+def display_image(gray: np.ndarray, model_size: int, resize_mode: str, largest: int = 512) -> np.ndarray:
+    """The X-ray as the model sees it (same framing), at a resolution fit for the screen."""
+    from core.data import prepare_image
+
+    side = int(max(model_size, min(largest, max(gray.shape[:2]))))
+    return prepare_image(gray, side, resize_mode)[..., 0].astype(np.uint8)
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)

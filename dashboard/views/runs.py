@@ -18,8 +18,8 @@ PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#F
 st.title("Runs")
 runs = ui.store().list()
 if not runs:
-    st.info("The run store is empty. Start a run on the **Train** page.", icon="📋")
-    st.page_link(ui.PAGES["train"], label="Go to Train", icon="🏋️")
+    st.info("The run store is empty. Start a run on the **Train** page.", icon=":material/table_rows:")
+    st.page_link(ui.PAGES["train"], label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 
@@ -28,11 +28,11 @@ def summary(run: Run) -> dict:
     try:
         config = run.config()
     except Exception as exc:  # noqa: BLE001 - a hand-edited config.json must not hide the other runs
-        return {"run": ui.run_title(run), "state": f"{ui.STATE_ICONS['failed']} unreadable config: {exc}"}
+        return {"run": ui.run_title(run), "state": f"unreadable config: {exc}", "id": run.id}
     metrics = run.metrics() or {}
     return {
         "run": ui.run_title(run),
-        "state": f"{ui.STATE_ICONS.get(status.state, '')} {status.state}",
+        "state": status.state,
         "backbone": BACKBONES[config.model.backbone].label if config.model.backbone in BACKBONES else config.model.backbone,
         "size": config.data.image_size,
         "weights": config.model.weights if config.model.weights in ("imagenet", "none") else "file",
@@ -57,7 +57,7 @@ st.dataframe(table, hide_index=True, width="stretch", column_config={
 by_id = {run.id: run for run in runs}
 default = [run.id for run in runs if run.metrics()][:2]
 selected = st.multiselect("Select runs to compare, download or delete", list(by_id), default=default, key="runs_selected",
-                          format_func=lambda rid: f"{ui.STATE_ICONS.get(by_id[rid].status().state, '')} {ui.run_title(by_id[rid])}")
+                          format_func=lambda rid: f"{ui.run_title(by_id[rid])} ({by_id[rid].status().state})")
 chosen = [by_id[rid] for rid in selected if rid in by_id]
 if not chosen:
     st.caption("Select one or more runs above.")
@@ -112,13 +112,13 @@ def exported(run_id: str, modified: float, fmt: str) -> tuple[bytes, str]:
 
 for run in chosen:
     status = run.status()
-    with st.expander(f"{ui.STATE_ICONS.get(status.state, '')} {ui.run_title(run)} — {status.state}", expanded=len(chosen) == 1):
+    with st.expander(f"{ui.run_title(run)} {ui.state_badge(status.state)}", expanded=len(chosen) == 1):
         if status.state == "failed" and status.error:
-            st.error(f"Training failed: {status.error}", icon="🚫")
+            st.error(f"Training failed: {status.error}", icon=":material/error:")
         cols = st.columns(4)
         cols[0].download_button("Config (JSON)", (run.path / "config.json").read_bytes(), file_name=f"{run.id}-config.json",
-                                mime="application/json", key=f"config-{run.id}", icon="⬇️", width="stretch")
-        if cols[1].button("Use these settings", key=f"use-{run.id}", icon="🏋️", width="stretch",
+                                mime="application/json", key=f"config-{run.id}", icon=":material/download:", width="stretch")
+        if cols[1].button("Use these settings", key=f"use-{run.id}", icon=":material/model_training:", width="stretch",
                           help="Load this run's settings into the Train page."):
             ui.apply_config(run.config())
             st.session_state["preset"] = None
@@ -129,23 +129,23 @@ for run in chosen:
                                     format_func=lambda f: EXPORT_FORMATS[f][0], label_visibility="collapsed")
             if fmt == "keras":
                 cols[3].download_button("Download model", run.model_path.read_bytes(), file_name=f"{run.id}.keras",
-                                        key=f"dl-{run.id}", icon="⬇️", width="stretch")
-            elif cols[3].button("Prepare download", key=f"export-{run.id}-{fmt}", icon="📦", width="stretch"):
+                                        key=f"dl-{run.id}", icon=":material/download:", width="stretch")
+            elif cols[3].button("Prepare download", key=f"export-{run.id}-{fmt}", icon=":material/inventory_2:", width="stretch"):
                 try:
                     with st.spinner(f"Exporting {EXPORT_FORMATS[fmt][0]}…"):
                         st.session_state[f"exported-{run.id}-{fmt}"] = exported(run.id, modified, fmt)
                 except ImportError:
-                    st.warning("Export to this format is not available in this version of core.", icon="🚧")
+                    st.warning("Export to this format is not available in this version of core.", icon=":material/construction:")
                 except Exception as exc:  # noqa: BLE001 - converters fail in many ways; say which
-                    st.error(f"Export failed: {exc}", icon="🚫")
+                    st.error(f"Export failed: {exc}", icon=":material/error:")
             ready = st.session_state.get(f"exported-{run.id}-{fmt}")
             if ready and fmt != "keras":
                 st.download_button(f"Download {ready[1]}", ready[0], file_name=ready[1], mime=EXPORT_FORMATS[fmt][1],
-                                   key=f"dl-{run.id}-{fmt}", icon="⬇️")
+                                   key=f"dl-{run.id}-{fmt}", icon=":material/download:")
         else:
             cols[2].caption("No trained model in this run.")
         confirm = st.checkbox("I want to delete this run and its files", key=f"confirm-{run.id}")
-        if st.button("Delete run", key=f"delete-{run.id}", icon="🗑️", disabled=not confirm or status.active,
+        if st.button("Delete run", key=f"delete-{run.id}", icon=":material/delete:", disabled=not confirm or status.active,
                      help="Stop a running run first." if status.active else None):
             try:
                 ui.store().delete(run.id)

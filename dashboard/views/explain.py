@@ -14,8 +14,8 @@ UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "tif", "tiff", "web
 st.title("Explain")
 run = ui.pick_run()
 if run is None:
-    st.info("No trained model yet: train a run first.", icon="🔎")
-    st.page_link(ui.PAGES["train"], label="Go to Train", icon="🏋️")
+    st.info("No trained model yet: train a run first.", icon=":material/search_insights:")
+    st.page_link(ui.PAGES["train"], label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 config = run.config()
@@ -26,9 +26,9 @@ st.caption(f"Run **{ui.run_title(run)}** · {config.model.backbone} at {size} px
 
 # ---------------------------------------------------------------------------------- choose an image
 test_items = [(p["file"], p["label"]) for p in (run.metrics() or {}).get("predictions", [])]
-sources = ["Upload an X-ray", "Pick from the test split"] if test_items else ["Upload an X-ray"]
+sources = ["Pick from the test split", "Upload an X-ray"] if test_items else ["Upload an X-ray"]
 if st.session_state.get("explain_file"):  # sent here from the Evaluate gallery
-    st.session_state["explain_source"] = sources[-1]
+    st.session_state["explain_source"] = sources[0]
     st.session_state["explain_pick"] = st.session_state.pop("explain_file")
 if st.session_state.get("explain_source") not in sources:
     st.session_state["explain_source"] = sources[0]
@@ -46,20 +46,21 @@ if source == "Pick from the test split":
     try:
         data, name, truth = Path(chosen).read_bytes(), Path(chosen).name, labels[chosen]
     except OSError as exc:
-        st.error(f"Cannot read {chosen}: {exc.strerror or exc}", icon="🚫")
+        st.error(f"Cannot read {chosen}: {exc.strerror or exc}", icon=":material/error:")
         st.stop()
 else:
     upload = st.file_uploader("X-ray (JPEG, PNG or DICOM)", type=UPLOAD_TYPES, key="explain_upload",
                               help="Processed in memory and never stored. DICOM patient tags are not read out or shown.")
     if upload is None:
-        st.info("Upload a frontal chest X-ray, or pick one from the test split.", icon="⬆️")
+        st.info("Upload a frontal chest X-ray, or pick one from the test split.", icon=":material/upload:")
         st.stop()
     data, name = upload.getvalue(), upload.name
 
 try:
-    image = prepare_image(decode_image(data, name), size, resize_mode)
+    gray = decode_image(data, name)
+    image = prepare_image(gray, size, resize_mode)
 except ImageLoadError as exc:
-    st.error(f"This file cannot be used: {exc}", icon="🚫")
+    st.error(f"This file cannot be used: {exc}", icon=":material/error:")
     st.stop()
 image_hash = ui.digest(data)
 
@@ -68,7 +69,7 @@ from core.explain import CAM_METHODS, COLORMAPS, cam_layer_choices, colorize, ov
 
 path, modified = ui.model_key(run)
 model = ui.load_model(path, modified)
-controls = st.columns([2, 2, 2, 1])
+controls = st.columns([3, 2, 2, 1])
 st.session_state.setdefault("explain_method", "gradcam")
 method = controls[0].segmented_control("Method", list(CAM_METHODS), format_func=CAM_METHODS.get, key="explain_method", help="Grad-CAM is fastest; Score-CAM needs no gradients.")
 method = method or "gradcam"
@@ -81,7 +82,7 @@ colormap = controls[3].selectbox("Colours", COLORMAPS, key="explain_colormap")
 try:
     result = ui.explain_image(run.id, path, modified, image_hash, image, method, layer, threshold)
 except (ValueError, RuntimeError) as exc:
-    st.error(f"Could not compute the heatmap: {exc}", icon="🚫")
+    st.error(f"Could not compute the heatmap: {exc}", icon=":material/error:")
     st.stop()
 
 probability = result["probability"]
@@ -92,14 +93,14 @@ cols[1].metric(f"Label at threshold {threshold:.2f}", called)
 cols[2].metric("True label", CLASS_NAMES[truth] if truth is not None else "unknown")
 cols[3].metric("Heatmap shows evidence for", result["explained"].upper())
 
-gray = image.astype("uint8")
-blend = overlay(gray, result["cam"], opacity, colormap)
+picture = ui.display_image(gray, size, resize_mode)
+blend = overlay(picture, result["cam"], opacity, colormap)
 left, middle, right = st.columns(3)
-left.image(gray, caption=f"X-ray ({name})", width="stretch")
+left.image(picture, caption=f"X-ray ({name})", width="stretch")
 middle.image(colorize(result["cam"], colormap), caption=f"{CAM_METHODS[method]} heatmap · layer {layer}", width="stretch")
 right.image(blend, caption=f"Overlay (opacity {opacity:.2f})", width="stretch")
 right.download_button("Download overlay (PNG)", ui.png_bytes(blend), file_name=f"{Path(name).stem}-{method}-overlay.png",
-                      mime="image/png", icon="⬇️", width="stretch")
+                      mime="image/png", icon=":material/download:", width="stretch")
 
 # ---------------------------------------------------------------------------------- faithfulness
 st.subheader("Does the heatmap matter to the model?")

@@ -11,10 +11,10 @@ from dashboard import ui
 
 st.title("Demo")
 st.error("**For research and education only — this is not a diagnosis.** The model has not been validated "
-         "for clinical use; never use it to guide patient care.", icon="⚠️")
+         "for clinical use; never use it to guide patient care.", icon=":material/warning:")
 run = ui.pick_run()
 if run is None:
-    st.info("No trained model yet: train a run first.", icon="🩺")
+    st.info("No trained model yet: train a run first.", icon=":material/stethoscope:")
     st.stop()
 
 config = run.config()
@@ -35,33 +35,34 @@ data, name, truth = None, "", None
 if source == "Test images":
     position = st.session_state.get("demo_index", 0) % len(test_items)
     with top[1]:
-        back, where, forward = st.columns([1, 2, 1])
-        if back.button("◀", key="demo_prev", help="Previous image", width="stretch"):
+        back, where, forward = st.columns([1, 2, 1], vertical_alignment="center")
+        if back.button("Previous", icon=":material/chevron_left:", key="demo_prev", help="Previous image", width="stretch"):
             position = (position - 1) % len(test_items)
-        if forward.button("▶", key="demo_next", help="Next image", width="stretch"):
+        if forward.button("Next", icon=":material/chevron_right:", key="demo_next", help="Next image", width="stretch"):
             position = (position + 1) % len(test_items)
         st.session_state["demo_index"] = position
-        where.markdown(f"<div style='text-align:center;padding-top:0.4rem'>Image {position + 1} of {len(test_items)}</div>",
+        where.markdown(f"<div style='text-align:center'>Image {position + 1} of {len(test_items)}</div>",
                        unsafe_allow_html=True)
     file, truth = test_items[position]
     try:
         data, name = Path(file).read_bytes(), Path(file).name
     except OSError as exc:
-        st.error(f"Cannot read {file}: {exc.strerror or exc}", icon="🚫")
+        st.error(f"Cannot read {file}: {exc.strerror or exc}", icon=":material/error:")
         st.stop()
 else:
     upload = top[1].file_uploader("X-ray", type=["jpg", "jpeg", "png", "dcm", "dicom"], key="demo_upload",
                                   label_visibility="collapsed",
                                   help="Processed in memory, never stored; DICOM patient tags are not shown.")
     if upload is None:
-        st.info("Upload a frontal chest X-ray (JPEG, PNG or DICOM).", icon="⬆️")
+        st.info("Upload a frontal chest X-ray (JPEG, PNG or DICOM).", icon=":material/upload:")
         st.stop()
     data, name = upload.getvalue(), upload.name
 
 try:
-    image = prepare_image(decode_image(data, name), config.data.image_size, config.data.resize_mode)
+    gray = decode_image(data, name)
+    image = prepare_image(gray, config.data.image_size, config.data.resize_mode)
 except ImageLoadError as exc:
-    st.error(f"This file cannot be used: {exc}", icon="🚫")
+    st.error(f"This file cannot be used: {exc}", icon=":material/error:")
     st.stop()
 
 path, modified = ui.model_key(run)
@@ -69,16 +70,16 @@ result = ui.explain_image(run.id, path, modified, ui.digest(data), image, "gradc
 probability = result["probability"]
 pneumonia = probability >= threshold
 
-picture, verdict = st.columns([3, 2], gap="large")
-with picture:
-    gray = image.astype("uint8")
+picture_col, verdict = st.columns([1, 1], gap="large")
+with picture_col:
+    picture = ui.display_image(gray, config.data.image_size, config.data.resize_mode)
     if show_heatmap:
         from core.explain import overlay
 
-        st.image(overlay(gray, result["cam"], 0.45), caption="Grad-CAM: warm colours mark what drove the answer",
+        st.image(overlay(picture, result["cam"], 0.45), caption="Grad-CAM: warm colours mark what drove the answer",
                  width="stretch")
     else:
-        st.image(gray, width="stretch")
+        st.image(picture, caption=name, width="stretch")
 with verdict:
     gauge = go.Figure(go.Indicator(
         mode="gauge+number", value=100 * probability, number=dict(suffix=" %", font=dict(size=56)),
@@ -91,16 +92,17 @@ with verdict:
             threshold=dict(line=dict(color="gray", width=4), thickness=0.9, value=100 * threshold),
         ),
     ))
-    gauge.update_layout(height=330, margin=dict(l=30, r=30, t=60, b=10))
+    gauge.update_layout(height=300, margin=dict(l=40, r=50, t=60, b=10))
     ui.chart(gauge, key="gauge")
     if pneumonia:
-        st.markdown("## 🔴 Signs of pneumonia")
+        st.markdown("## :red[:material/circle:] Signs of pneumonia")
     else:
-        st.markdown("## 🔵 No pneumonia detected")
+        st.markdown("## :blue[:material/circle:] No pneumonia detected")
     st.caption(f"Called pneumonia from {threshold:.0%} (the line on the gauge), a threshold chosen on validation data.")
     if truth is not None:
         agree = bool(truth) == pneumonia
-        st.markdown(f"### True label: {CLASS_NAMES[truth]} {'✅' if agree else '❌'}")
+        st.markdown(f"### True label: {CLASS_NAMES[truth]} "
+                    + (":green[:material/check_circle:]" if agree else ":red[:material/cancel:]"))
         st.caption("The model " + ("agrees with the label." if agree else "disagrees with the label."))
     else:
         st.caption("True label: unknown (uploaded image).")

@@ -20,7 +20,7 @@ root: str | None = None
 if source == "demo":
     st.info(f"{ui.SYNTHETIC_BADGE} The built-in demo set is **synthetic**: generated chest-radiograph-like "
             "images, not real X-rays. It lets the app and its tests run offline; its numbers say nothing "
-            "about real pneumonia.", icon="🧪")
+            "about real pneumonia.", icon=":material/science:")
     root = ui.demo_dataset_root(int(st.session_state.get("cfg.data.demo_images_per_class", 120)))
 elif source == "folder":
     st.text_input("Data set folder", key="cfg.data.path", placeholder="/path/to/chest_xray",
@@ -32,7 +32,7 @@ elif source == "folder":
 else:
     st.markdown("The Kaggle set *Chest X-Ray Images (Pneumonia)* (about 1.2 GB, 5,856 images) is fetched with "
                 "`kagglehub`, which needs Kaggle credentials and internet access.")
-    if st.button("Download or locate the Kaggle set", icon="⬇️"):
+    if st.button("Download or locate the Kaggle set", icon=":material/download:"):
         bar = st.progress(0.0, text="Connecting to Kaggle…")
         steps = []
 
@@ -45,7 +45,7 @@ else:
             bar.progress(1.0, text="Data set ready")
         except DatasetError as exc:
             bar.empty()
-            st.error(str(exc), icon="🚫")
+            st.error(str(exc), icon=":material/error:")
     root = (st.session_state.get("cfg.data.path") or "").strip() or None
     if not root:
         st.info("Not downloaded yet. Training with this source downloads it first.")
@@ -56,7 +56,7 @@ if not root:
 try:
     index = ui.dataset_index(root, ui.folder_mtime(root))
 except DatasetError as exc:
-    st.error(str(exc), icon="🚫")
+    st.error(str(exc), icon=":material/error:")
     st.stop()
 
 # ---------------------------------------------------------------------------------- overview
@@ -92,14 +92,14 @@ with right:
     ui.chart(fig)
 
 if index.problems:
-    with st.expander(f"⚠️ {len(index.problems)} problem(s) found — unreadable files, duplicates, stray images",
+    with st.expander(f":material/warning: {len(index.problems)} problem(s) found — unreadable files, duplicates, stray images",
                      expanded=len(index.problems) <= 5):
         for line in index.problems[:200]:
             st.markdown(f"- {line}")
         if len(index.problems) > 200:
             st.caption(f"… and {len(index.problems) - 200} more")
 else:
-    st.success("No problems found: every class folder has images, no byte-identical duplicates.", icon="✅")
+    st.success("No problems found: every class folder has images, no byte-identical duplicates.", icon=":material/check_circle:")
 
 # ---------------------------------------------------------------------------------- samples
 st.subheader("Samples")
@@ -137,7 +137,7 @@ def augmentation_preview(paths: list[str]) -> None:
         st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip",
                     help="Off by default: the heart is on the left, so a flipped chest is not a real anatomy.")
         position = st.session_state.get("augment_image", 0) % len(paths)
-        if st.button("Another image", icon="🔄"):
+        if st.button("Another image", icon=":material/refresh:"):
             position = (position + 1) % len(paths)
             st.session_state["augment_image"] = position
     cfg = AugmentConfig(**{field: st.session_state[f"cfg.augment.{field}"]

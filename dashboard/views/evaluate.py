@@ -13,8 +13,8 @@ from dashboard import ui
 st.title("Evaluate")
 run = ui.pick_run()
 if run is None:
-    st.info("Nothing to evaluate yet: train a run first.", icon="📈")
-    st.page_link(ui.PAGES["train"], label="Go to Train", icon="🏋️")
+    st.info("Nothing to evaluate yet: train a run first.", icon=":material/monitoring:")
+    st.page_link(ui.PAGES["train"], label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 metrics = run.metrics()
@@ -22,7 +22,7 @@ config = run.config()
 if not metrics or not metrics.get("predictions"):
     st.warning(f"Run **{ui.run_title(run)}** has no test evaluation (metrics.json) yet. Runs are evaluated "
                "on the test split when training finishes; run `python -m core.evaluate "
-               f"{run.id}` to evaluate it by hand.", icon="📭")
+               f"{run.id}` to evaluate it by hand.", icon=":material/inbox:")
     st.stop()
 
 predictions = metrics["predictions"]
@@ -87,11 +87,11 @@ st.caption(f"At threshold {threshold:.3f}: **TP {c['tp']}** · **FN {c['fn']}** 
 matrix_col, roc_col, pr_col = st.columns(3)
 with matrix_col:
     z = [[c["tn"], c["fp"]], [c["fn"], c["tp"]]]
-    fig = go.Figure(go.Heatmap(z=z, x=["called NORMAL", "called PNEUMONIA"], y=["NORMAL", "PNEUMONIA"],
+    fig = go.Figure(go.Heatmap(z=z, x=["NORMAL", "PNEUMONIA"], y=["NORMAL", "PNEUMONIA"],
                                text=[[f"TN<br>{c['tn']}", f"FP<br>{c['fp']}"], [f"FN<br>{c['fn']}", f"TP<br>{c['tp']}"]],
                                texttemplate="%{text}", textfont=dict(size=18), colorscale="Blues", showscale=False))
     fig.update_layout(title="Confusion matrix", height=340, margin=dict(l=10, r=10, t=40, b=10),
-                      yaxis=dict(autorange="reversed", title="true"), xaxis=dict(side="bottom"))
+                      yaxis=dict(autorange="reversed", title="true label"), xaxis=dict(side="bottom", title="called"))
     ui.chart(fig, key="confusion")
 with roc_col:
     fig = go.Figure(go.Scatter(x=m["roc"]["fpr"], y=m["roc"]["tpr"], mode="lines", name="ROC",
@@ -147,7 +147,7 @@ wrong = [(i, p) for i, p in enumerate(predictions) if (p["probability"] >= thres
 # Most confident first: the further from the threshold on the wrong side, the worse.
 wrong.sort(key=lambda item: -abs(item[1]["probability"] - threshold))
 if not wrong:
-    st.success("No test image is misclassified at this threshold.", icon="🎯")
+    st.success("No test image is misclassified at this threshold.", icon=":material/target:")
 else:
     st.caption(f"{len(wrong)} misclassified: {sum(1 for _, p in wrong if p['label'] == 1)} missed pneumonia, "
                f"{sum(1 for _, p in wrong if p['label'] == 0)} false alarms. Most confident mistakes first; "
@@ -165,6 +165,6 @@ else:
                 else:
                     st.caption("(image not found)")
                 st.caption(f"{Path(p['file']).name}  \ntrue **{truth}** · P(pneumonia) {p['probability']:.2f}")
-                if st.button("Explain", key=f"explain-{i}", icon="🔎", width="stretch"):
+                if st.button("Explain", key=f"explain-{i}", icon=":material/search_insights:", width="stretch"):
                     st.session_state["explain_file"] = p["file"]
                     st.switch_page(ui.PAGES["explain"])

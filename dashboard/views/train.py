@@ -63,25 +63,25 @@ def live_panel(run: Run) -> None:
             st.rerun()  # the run just ended: redraw the page once, without the timer
         with st.container(border=True):
             head, buttons = st.columns([3, 2])
-            head.markdown(f"### {ui.STATE_ICONS.get(status.state, '')} {ui.run_title(run)}")
-            head.caption(f"Run `{run.id}` · **{status.state}**"
+            head.markdown(f"### {ui.run_title(run)} {ui.state_badge(status.state)}")
+            head.caption(f"Run `{run.id}`"
                          + (f" · {ui.data_label(run.config())}" if (run.path / 'config.json').exists() else ""))
             with buttons:
                 if status.active:
                     if run.stop_requested():
-                        st.info("Stop requested: it ends after the current batch.", icon="⏳")
+                        st.info("Stop requested: it ends after the current batch.", icon=":material/hourglass_top:")
                         if st.button("Force stop", key=f"kill-{run.id}", help="Terminate the training process now."):
                             run.kill()
-                    elif st.button("Stop", key=f"stop-{run.id}", icon="⏹️", type="secondary",
+                    elif st.button("Stop", key=f"stop-{run.id}", icon=":material/stop_circle:", type="secondary",
                                    help="Stop after the current batch; the best checkpoint is kept."):
                         run.request_stop()
                         st.rerun(scope="fragment")
                 elif status.state == "finished":
-                    if st.button("Evaluate this run", key=f"eval-{run.id}", icon="📈", type="primary"):
+                    if st.button("Evaluate this run", key=f"eval-{run.id}", icon=":material/monitoring:", type="primary"):
                         st.session_state["run_id"] = run.id
                         st.switch_page(ui.PAGES["evaluate"])
                 elif status.state in ("interrupted", "stopped"):
-                    if st.button("Resume", key=f"resume-{run.id}", icon="▶️",
+                    if st.button("Resume", key=f"resume-{run.id}", icon=":material/play_arrow:",
                                  help="Continue from the last completed epoch.",
                                  disabled=any(r.status().active for r in ui.store().list())):
                         try:
@@ -99,18 +99,18 @@ def live_panel(run: Run) -> None:
             cols[4].metric("Best val AUC", ui.num(status.best_val_auc))
             st.markdown(_device_text(status.device))
             if status.state == "failed":
-                st.error(f"Training failed: {status.error or 'no reason recorded'}", icon="🚫")
+                st.error(f"Training failed: {status.error or 'no reason recorded'}", icon=":material/error:")
                 with st.expander("Training log (last lines)"):
                     st.code(run.log_tail(30) or "(empty)", language=None)
             elif status.state == "interrupted":
-                st.warning(status.message, icon="⚠️")
+                st.warning(status.message, icon=":material/warning:")
             elif status.state == "stopped":
-                st.info(status.message or "Stopped by request.", icon="⏹️")
+                st.info(status.message or "Stopped by request.", icon=":material/stop_circle:")
             elif status.state == "finished":
                 metrics = run.metrics() or {}
                 st.success(f"Finished. Test set: sensitivity {ui.pct(metrics.get('sensitivity'))}, "
                            f"specificity {ui.pct(metrics.get('specificity'))}, ROC AUC {ui.num(metrics.get('roc_auc'))}.",
-                           icon="✅")
+                           icon=":material/check_circle:")
             epochs = run.epochs()
             steps = run.history("step") if status.active else None
             if epochs or steps:
@@ -160,10 +160,10 @@ def show_estimate(config: RunConfig, key: str) -> None:
             st.error(result["error"])
         else:
             per_epoch = ", ".join(f"{name} {ui.duration(sec)}" for name, sec in result["seconds_per_epoch"].items())
-            st.markdown(f"⏱️ **about {ui.duration(result['total_seconds'])}** on this machine "
+            st.markdown(f":material/timer: **about {ui.duration(result['total_seconds'])}** on this machine "
                         f"({per_epoch} per epoch)")
             st.caption(result["note"])
-    if st.button("Measure on this machine" if text not in known else "Measure again", key=key, icon="⏱️",
+    if st.button("Measure on this machine" if text not in known else "Measure again", key=key, icon=":material/timer:",
                  help="Builds the model and times one training batch per phase (a few seconds; longer for big backbones)."):
         with st.spinner("Timing one batch…"):
             try:
@@ -231,10 +231,10 @@ with model_tab:
 
             file_name = imagenet_file_name(spec, st.session_state.get("cfg.model.alpha"))
             if (keras_cache_dir() / file_name).is_file():
-                st.caption(f"✅ `{file_name}` is in the Keras cache.")
+                st.caption(f":material/check_circle: `{file_name}` is in the Keras cache.")
             else:
                 st.warning(f"`{file_name}` is not in the Keras cache (`{keras_cache_dir()}`): training will try to "
-                           "download it. Offline, choose a local weights file or train from scratch.", icon="📦")
+                           "download it. Offline, choose a local weights file or train from scratch.", icon=":material/inventory_2:")
         st.slider("Dropout before the classifier", 0.0, 0.8, step=0.05, key="cfg.model.dropout")
     with right:
         blocks = [label for label, _ in spec.blocks]
@@ -264,7 +264,7 @@ with data_tab:
         source = st.session_state.get("cfg.data.source", "demo")
         st.markdown(f"**Data:** {ui.data_label(ui.current_config())}"
                     + (f" {ui.SYNTHETIC_BADGE}" if source == "demo" else ""))
-        st.page_link(ui.PAGES["data"], label="Change the data source on the Data page", icon="🗂️")
+        st.page_link(ui.PAGES["data"], label="Change the data source on the Data page", icon=":material/dataset:")
         st.select_slider("Image size (px)", IMAGE_SIZES, key="cfg.data.image_size")
         st.radio("Resize", ["stretch", "letterbox"], key="cfg.data.resize_mode", horizontal=True,
                  help="Letterbox keeps the aspect ratio and pads with black.")
@@ -324,7 +324,7 @@ except ConfigError as exc:
 left, right = st.columns([3, 2])
 with left:
     if problem:
-        st.error(f"Fix this setting first — {problem}", icon="✋")
+        st.error(f"Fix this setting first — {problem}", icon=":material/pan_tool:")
     else:
         epochs = config.train.head.epochs + config.train.finetune.epochs
         st.markdown(f"**{BACKBONES[config.model.backbone].label}** at {config.data.image_size} px, "
@@ -335,8 +335,8 @@ with left:
 with right:
     if any_active:
         st.info("A run is in progress. Stop it or wait for it to finish before starting another: "
-                "two trainings would share this machine's cores.", icon="⏳")
-    if st.button("Start training", type="primary", icon="🚀", disabled=bool(problem) or any_active, width="stretch"):
+                "two trainings would share this machine's cores.", icon=":material/hourglass_top:")
+    if st.button("Start training", type="primary", icon=":material/rocket_launch:", disabled=bool(problem) or any_active, width="stretch"):
         try:
             run = ui.store().create(config)
             run.launch()
