@@ -27,7 +27,7 @@ test_items = [(p["file"], p["label"]) for p in (run.metrics() or {}).get("predic
 sources = (["Test images", "Upload"] if test_items else ["Upload"])
 if st.session_state.get("demo_source") not in sources:
     st.session_state["demo_source"] = sources[0]
-top = st.columns([2, 2, 1])
+top = st.columns([2, 3, 1])
 source = top[0].segmented_control("Image", sources, key="demo_source") or sources[0]
 show_heatmap = top[2].toggle("Heatmap", key="demo_heatmap", help="Where the model looked (Grad-CAM).")
 

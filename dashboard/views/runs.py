@@ -134,8 +134,6 @@ for run in chosen:
                 try:
                     with st.spinner(f"Exporting {EXPORT_FORMATS[fmt][0]}…"):
                         st.session_state[f"exported-{run.id}-{fmt}"] = exported(run.id, modified, fmt)
-                except ImportError:
-                    st.warning("Export to this format is not available in this version of core.", icon=":material/construction:")
                 except Exception as exc:  # noqa: BLE001 - converters fail in many ways; say which
                     st.error(f"Export failed: {exc}", icon=":material/error:")
             ready = st.session_state.get(f"exported-{run.id}-{fmt}")

@@ -1,0 +1,288 @@
+"""Every dashboard page through streamlit.testing.v1.AppTest, against run stores prepared by hand."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.data import ImageLoadError, decode_image, find_dataset
+from core.evaluate import compute_metrics
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+
+TIMEOUT = 90
+
+
+def open_page(page: str | None = None, **state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    if page:  # straight to the page (its file name is its URL path), without running Data first
+        at.switch_page(f"views/{page}.py")
+    at.run()
+    assert at.title[0].value == (page or "data").capitalize()
+    assert not at.exception, [e.message for e in at.exception]
+    # Every page carries the medical notice in the sidebar.
+    assert any("not for diagnosis" in w.value for w in at.sidebar.warning)
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Everything a user reads on the page, as one string."""
+    parts = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "error", "warning", "info", "success"):
+        parts += [str(element.value) for element in getattr(at, kind)]
+    parts += [f"{m.label}: {m.value}" for m in at.metric]
+    return "\n".join(parts)
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def plotly_spec(at: AppTest, index: int = 0) -> dict:
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+# ---------------------------------------------------------------------------------- every page
+@pytest.mark.parametrize("page", ["runs", "evaluate", "explain", "demo"])
+def test_pages_explain_what_to_do_with_an_empty_store(page, empty_env):
+    at = open_page(page)
+    assert "Train" in texts(at)
+    assert not at.error or page == "demo"  # Demo's own banner is an st.error notice
+
+
+# ---------------------------------------------------------------------------------- Data
+def test_data_page_shows_the_synthetic_demo_set(demo_root, empty_env):
+    at = open_page()
+    index = find_dataset(demo_root)
+    assert "synthetic" in texts(at)
+    assert metric(at, "Images") == f"{len(index.records):,}"
+    assert metric(at, "Patients") == f"{index.patients():,}"
+    assert metric(at, "Problems found") == "0"
+    assert len(at.image) >= 16 + 9  # 8 samples per class, the original and 8 augmented copies
+
+
+def test_data_page_shows_the_dataset_error_for_a_bad_folder(tmp_path, empty_env):
+    at = open_page()
+    at.radio(key="cfg.data.source").set_value("folder").run()
+    missing = tmp_path / "no-such-folder"
+    at.text_input(key="cfg.data.path").input(str(missing)).run()
+    assert not at.exception
+    assert any("folder not found" in e.value and str(missing) in e.value for e in at.error)
+
+
+def test_data_page_reports_an_empty_class(tmp_path, empty_env):
+    (tmp_path / "set" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "set" / "PNEUMONIA").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("L", (64, 64), 90).save(tmp_path / "set" / "NORMAL" / "a.png")
+    at = open_page()
+    at.radio(key="cfg.data.source").set_value("folder").run()
+    at.text_input(key="cfg.data.path").input(str(tmp_path / "set")).run()
+    assert any("only class NORMAL has images" in e.value for e in at.error)
+
+
+def test_augmentation_sliders_are_shared_with_the_train_page(empty_env):
+    at = open_page()
+    at.slider(key="cfg.augment.rotation_degrees").set_value(30.0).run()
+    assert not at.exception
+    at.switch_page("views/train.py").run()
+    assert at.slider(key="cfg.augment.rotation_degrees").value == 30.0
+
+
+# ---------------------------------------------------------------------------------- Train
+def test_layer_table_follows_the_unfreeze_slider(empty_env):
+    at = open_page("train")
+    at.selectbox(key="cfg.model.backbone").set_value("vgg16").run()
+    at.slider(key="cfg.model.unfreeze_from_block").set_value(4).run()
+    table = at.dataframe[0].value
+    trainable = dict(zip(table["block"], table["trainable"]))
+    assert [trainable[f"block {i}"] for i in range(1, 6)] == ["no", "no", "no", "yes", "yes"]
+    assert trainable["classifier head"] == "yes"
+    at.slider(key="cfg.model.unfreeze_from_block").set_value(2).run()
+    table = at.dataframe[0].value
+    assert dict(zip(table["block"], table["trainable"]))["block 2"] == "yes"
+
+
+def test_train_page_shows_a_bad_setting_before_start(empty_env):
+    at = open_page("train")
+    at.number_input(key="cfg.train.head.epochs").set_value(0).run()
+    at.number_input(key="cfg.train.finetune.epochs").set_value(0).run()
+    assert any("at least one phase needs epochs" in e.value for e in at.error)
+    assert next(b for b in at.button if b.label == "Start training").disabled
+
+
+def test_start_creates_a_run_from_the_settings_and_launches_it(empty_env, monkeypatch):
+    from core.runs import Run, RunStore
+
+    launched = []
+    monkeypatch.setattr(Run, "launch", lambda self, resume=False, env=None: launched.append(self.id) or 12345)
+    at = open_page("train")
+    at.number_input(key="cfg.train.finetune.epochs").set_value(2).run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    runs = RunStore().list()
+    assert [run.id for run in runs] == launched
+    assert runs[0].config().train.finetune.epochs == 2
+
+
+def test_live_panel_shows_the_running_run_and_stops_it(runs_env):
+    running = runs_env["running"]
+    at = open_page("train")
+    page = texts(at)
+    assert "running-demo" in page and "finetune: epoch 2/8, step 5/14" in [p.proto.text for p in at.get("progress")][0]
+    assert metric(at, "Images / s") == "321"
+    assert "CPU" in page and "no GPU found" in page
+    next(b for b in at.button if b.label == "Stop").click().run()
+    assert running.stop_requested()
+    running.stop_path.unlink()
+
+
+def test_failed_run_error_is_shown_readably(runs_env):
+    at2 = open_page("runs")
+    at2.multiselect(key="runs_selected").set_value([runs_env["failed"].id]).run()
+    errors = [e.value for e in at2.error]
+    assert any(runs_env['failed_error'] in e for e in errors)
+    assert not any("Traceback" in e for e in errors)
+
+
+def test_failed_run_in_the_live_panel(finished_only_env):
+    at = open_page("train", train_run_id=finished_only_env["failed"].id)
+    assert any(e.value == f"Training failed: {finished_only_env['failed_error']}" for e in at.error)
+
+
+# ---------------------------------------------------------------------------------- Runs
+def test_runs_page_lists_every_run_with_its_state(runs_env):
+    at = open_page("runs")
+    table = at.dataframe[0].value
+    assert set(table["state"]) == {"finished", "running", "failed"}
+    assert "Validation ROC AUC" in json.dumps(plotly_spec(at))
+    labels = [b.label for b in at.get("download_button")]
+    assert "Config (JSON)" in labels and "Download model" in labels
+
+
+def test_runs_page_deletes_a_run(finished_only_env):
+    failed = finished_only_env["failed"]
+    at = open_page("runs")
+    at.multiselect(key="runs_selected").set_value([failed.id]).run()
+    at.checkbox(key=f"confirm-{failed.id}").check().run()
+    at.button(key=f"delete-{failed.id}").click().run()
+    assert not failed.path.exists()
+    assert len(at.dataframe[0].value) == 1
+
+
+# ---------------------------------------------------------------------------------- Evaluate
+def _expected(run, threshold):
+    predictions = run.metrics()["predictions"]
+    return compute_metrics([p["label"] for p in predictions], [p["probability"] for p in predictions], threshold)
+
+
+def test_evaluate_shows_the_metrics_at_the_runs_threshold(runs_env):
+    at = open_page("evaluate")
+    expected = _expected(runs_env["finished"], 0.5)
+    assert metric(at, "Sensitivity") == f"{100 * expected['sensitivity']:.1f} %"
+    assert metric(at, "Specificity") == f"{100 * expected['specificity']:.1f} %"
+    assert metric(at, "ROC AUC") == f"{expected['roc_auc']:.3f}"
+    assert "synthetic" in texts(at)
+
+
+def test_threshold_slider_changes_the_confusion_matrix(runs_env):
+    at = open_page("evaluate")
+    before = plotly_spec(at, 0)["data"][0]["z"]
+    at.slider(key=f"threshold-{runs_env['finished'].id}").set_value(0.9).run()
+    after = plotly_spec(at, 0)["data"][0]["z"]
+    c = _expected(runs_env["finished"], 0.9)["confusion"]
+    assert after == [[c["tn"], c["fp"]], [c["fn"], c["tp"]]]
+    assert after != before
+    assert f"TP {c['tp']}" in texts(at)
+
+
+def test_most_confident_mistake_opens_in_explain(runs_env):
+    at = open_page("evaluate")
+    explain_buttons = [b for b in at.button if b.label == "Explain"]
+    assert explain_buttons
+    explain_buttons[0].click().run()
+    assert at.title[0].value == "Explain"
+    worst = runs_env["finished"].metrics()["predictions"][0]["file"]  # p = 0.95 for a NORMAL image
+    assert at.selectbox(key="explain_pick").value == worst
+
+
+# ---------------------------------------------------------------------------------- Explain
+def test_explain_picks_a_test_image_and_shows_the_overlay(runs_env):
+    at = open_page("explain")
+    assert len(at.image) == 3
+    assert metric(at, "True label") in ("NORMAL", "PNEUMONIA")
+    assert metric(at, "P(pneumonia)").endswith("%")
+    assert any(b.label == "Download overlay (PNG)" for b in at.get("download_button"))
+    at.segmented_control(key="explain_method").set_value("gradcam++").run()
+    assert not at.exception and len(at.image) == 3
+
+
+def _upload(at: AppTest, name: str, data: bytes, key: str = "explain_upload") -> AppTest:
+    at.segmented_control(key="explain_source").set_value("Upload an X-ray").run()
+    at.file_uploader(key=key).upload(name, data, "image/png").run()
+    return at
+
+
+def test_explain_upload_png(runs_env, demo_root):
+    png = next((demo_root / "test" / "PNEUMONIA").glob("*.png")).read_bytes()
+    at = _upload(open_page("explain"), "xray.png", png)
+    assert not at.exception and len(at.image) == 3
+    assert metric(at, "True label") == "unknown"
+
+
+def test_explain_corrupt_upload_shows_the_image_error(runs_env):
+    bad = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40  # a PNG signature and nothing usable after it
+    with pytest.raises(ImageLoadError) as expected:
+        decode_image(bad, "broken.png")
+    at = _upload(open_page("explain"), "broken.png", bad)
+    assert not at.exception
+    assert any(str(expected.value) in e.value for e in at.error)
+    assert len(at.image) == 0
+
+
+def test_explain_non_image_upload_shows_a_clear_message(runs_env):
+    at = _upload(open_page("explain"), "notes.png", b"%PDF-1.4 this is a pdf")
+    assert any("PDF" in e.value for e in at.error)
+
+
+def test_dicom_patient_tags_are_never_displayed(runs_env, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zelda", "SECRET-12345", "CR"
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows = ds.Columns = 96
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (np.random.default_rng(0).integers(0, 4096, (96, 96)).astype("uint16")).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    at = _upload(open_page("explain"), "scan.dcm", buffer.getvalue())
+    assert not at.exception and len(at.image) == 3
+    page = texts(at) + "".join(str(i.proto) for i in at.image)
+    assert "Zelda" not in page and "Quixote" not in page and "SECRET-12345" not in page
+
+
+# ---------------------------------------------------------------------------------- Demo
+def test_demo_shows_gauge_notice_and_steps_through_the_test_split(runs_env):
+    at = open_page("demo")
+    assert any("not a diagnosis" in e.value for e in at.error)
+    assert "Image 1 of 20" in texts(at)
+    gauge = plotly_spec(at)["data"][0]
+    assert gauge["type"] == "indicator" and 0 <= gauge["value"] <= 100
+    at.button(key="demo_next").click().run()
+    assert "Image 2 of 20" in texts(at)
+    at.toggle(key="demo_heatmap").set_value(True).run()
+    assert not at.exception and "Grad-CAM" in at.image[0].proto.imgs[0].caption
