@@ -19,14 +19,26 @@ from core.explain import (
     mass_inside,
     overlay,
 )
+from core.explain import _finish  # the upsample-and-scale step, for the resolution ceiling
 from core.model import build_classifier, set_trainable
 
 SIZE = 64
-# Measured on this set-up (400 demo films of 64 px, 12 epochs, seeds 0-2; 100 held-out films):
-# Grad-CAM puts 0.13 of its mass inside the opacity mask on correctly called pneumonia films of
-# the trained model, 0.005-0.06 on a model trained on shuffled labels, while the masks cover
-# ~0.035 of the image. 0.10 sits below the first and far above the rest.
-MASS_INSIDE_THRESHOLD = 0.10
+# "Does Grad-CAM point at the opacity?", measured as the energy-based pointing game (Wang et al.
+# 2020, Score-CAM): the fraction of the ReLU'd Grad-CAM map's mass inside the opacity mask, and as
+# the pointing game (Zhang et al. 2016): the share of films whose heatmap peak lies in the mask.
+# Measured on this set-up (400 demo-v2 films of 64 px, 12 epochs, 100 held-out films, correctly
+# called PNEUMONIA films, block4_relu = 8x8 map; training seeds 0 / 1 / 2):
+#   energy inside the mask: trained 0.199 / 0.195 / 0.222, shuffled labels 0.053 / 0.048 / 0.077
+#   pointing game hit rate: trained 0.84 / 0.60 / 0.96,    shuffled labels 0.00 / 0.04 / 0.09
+# The masks (the opacity's visible extent, core/demo.py MASK_FRACTION) cover 0.056 of the image,
+# so ~0.2 is 3.5x chance, but it is NOT "most": at 8x8 even a perfect map (the mask itself seen
+# at the CAM's resolution, then upsampled as Grad-CAM is) keeps only 0.55 inside (GRADCAM_CEILING), so
+# "most" cannot be reached at this resolution. block3_relu (16x16) localises worse (0.15-0.21,
+# pointing 0.3-0.46); 96 px (12x12) or 24 epochs gave 0.21-0.22. Thresholds: below the worst
+# trained seed, about twice the worst shuffled one.
+MASS_INSIDE_THRESHOLD = 0.15
+POINTING_THRESHOLD = 0.45
+GRADCAM_CEILING = 0.55  # measured 0.554 (test_gradcam_resolution_ceiling)
 
 
 def _demo_films(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,20 +101,37 @@ def test_trained_model_learns_the_opacities(trained, held_out):
     assert accuracy >= 0.85
 
 
+def _localisation(model, held_out) -> tuple[float, float]:
+    """Energy inside the mask and pointing-game hit rate of Grad-CAM on the films the model calls PNEUMONIA."""
+    images, masks = _called_pneumonia(model, held_out)
+    cams = compute_cam(model, images, "gradcam", target="pneumonia")
+    energy = np.mean([mass_inside(c, m) for c, m in zip(cams, masks)])
+    hits = np.mean([m.ravel()[np.argmax(c)] > 0 for c, m in zip(cams, masks)])
+    return float(energy), float(hits)
+
+
 def test_gradcam_mass_sits_on_the_opacity_only_when_the_model_learnt_it(trained, shuffled, held_out):
     mask_area = held_out[2][held_out[1] == 1].mean()
-    assert mask_area < MASS_INSIDE_THRESHOLD / 2
+    assert 0.04 < mask_area < MASS_INSIDE_THRESHOLD / 2  # measured 0.056
 
-    images, masks = _called_pneumonia(trained, held_out)
-    cams = compute_cam(trained, images, "gradcam", target="pneumonia")
-    inside_trained = np.mean([mass_inside(c, m) for c, m in zip(cams, masks)])
+    energy_trained, hits_trained = _localisation(trained, held_out)
+    energy_shuffled, hits_shuffled = _localisation(shuffled, held_out)
+    figures = dict(energy_trained=energy_trained, energy_shuffled=energy_shuffled,
+                   hits_trained=hits_trained, hits_shuffled=hits_shuffled)
+    assert energy_trained >= MASS_INSIDE_THRESHOLD, figures
+    assert energy_shuffled < MASS_INSIDE_THRESHOLD, figures
+    assert hits_trained >= POINTING_THRESHOLD, figures
+    assert hits_shuffled < POINTING_THRESHOLD, figures
 
-    images, masks = _called_pneumonia(shuffled, held_out)
-    cams = compute_cam(shuffled, images, "gradcam", target="pneumonia")
-    inside_shuffled = np.mean([mass_inside(c, m) for c, m in zip(cams, masks)])
 
-    assert inside_trained >= MASS_INSIDE_THRESHOLD, (inside_trained, inside_shuffled)
-    assert inside_shuffled < MASS_INSIDE_THRESHOLD, (inside_trained, inside_shuffled)
+def test_gradcam_resolution_ceiling(held_out):
+    """Why the energy figure stays near 0.2: an 8x8 map cannot put most of its mass in a 5 % mask."""
+    masks = held_out[2][held_out[1] == 1].astype(np.float32)
+    cell = SIZE // 8  # block4_relu's stride
+    perfect = masks.reshape(len(masks), 8, cell, 8, cell).mean(axis=(2, 4))  # the mask, seen at 8x8
+    cams = _finish(perfect, (SIZE, SIZE))  # upsampled and scaled as compute_cam does
+    ceiling = np.mean([mass_inside(c, m) for c, m in zip(cams, masks)])
+    assert GRADCAM_CEILING - 0.05 < ceiling < GRADCAM_CEILING + 0.05, ceiling
 
 
 @pytest.mark.parametrize("method", ["gradcam++", "scorecam"])
@@ -112,7 +141,8 @@ def test_other_methods_also_find_the_opacity(trained, held_out, method):
     cams = compute_cam(trained, images, method, target="pneumonia")
     assert cams.shape == (len(images), SIZE, SIZE) and cams.dtype == np.float32
     assert cams.min() >= 0 and cams.max() <= 1
-    assert np.mean([mass_inside(c, m) for c, m in zip(cams, masks)]) >= 0.08  # measured ≈0.12
+    inside = np.mean([mass_inside(c, m) for c, m in zip(cams, masks)])
+    assert inside >= 0.08, inside  # ≈0.12 on v1 core masks; v2 masks contain them, so no less
 
 
 def test_explaining_normal_points_away_from_the_opacity(trained, held_out):
