@@ -93,7 +93,9 @@ def live_panel(run: Run) -> None:
                         text=status.message or status.state)
             cols = st.columns(5)
             cols[0].metric("Epoch", f"{status.epoch} / {status.epochs_total or '?'}")
-            cols[1].metric("Phase", {"head": "head (base frozen)", "finetune": "fine-tune"}.get(status.phase, status.phase or "—"))
+            phase = {"head": "head (base frozen)", "finetune": "fine-tune", "threshold": "threshold",
+                     "evaluate": "test evaluation"}.get(status.phase, status.phase or "—")
+            cols[1].metric("Phase", "done" if status.state == "finished" else phase)
             cols[2].metric("Images / s", f"{status.images_per_sec:.0f}" if status.images_per_sec else "—")
             cols[3].metric("Time left", ui.duration(status.eta_seconds) if status.active else "—")
             cols[4].metric("Best val AUC", ui.num(status.best_val_auc))

@@ -1,0 +1,169 @@
+"""End to end in a real browser: the dashboard as a subprocess, driven with Playwright and Debian's Chromium.
+
+Data → Train (quick preset, fewer epochs, live curves, finished) → Evaluate → Explain (upload) → Demo,
+with a screenshot of every page in tests/artifacts/ (and the README's in docs/ when
+CXR_STUDIO_SCREENSHOTS=docs).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO / "tests" / "artifacts"
+DOCS = REPO / "docs"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+EPOCHS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, cache_dir):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    pytest.importorskip("playwright")
+    runs = tmp_path_factory.mktemp("browser-runs")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("logs") / "streamlit.log", "w")
+    env = {**os.environ, "CXR_STUDIO_RUNS": str(runs), "CXR_STUDIO_CACHE": str(cache_dir), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the dashboard did not start within 60 s")
+    yield url, runs
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _shoot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    time.sleep(1.0)  # let plotly finish drawing
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    if os.environ.get("CXR_STUDIO_SCREENSHOTS") == "docs" and name in ("data", "train", "evaluate", "explain", "demo"):
+        shutil.copyfile(path, DOCS / f"{name}.png")
+
+
+def _curve_points(page) -> int:
+    """Points drawn on the live training chart, epoch and per-step lines together (0 while there is none)."""
+    return page.evaluate("""() => {
+        const plots = [...document.querySelectorAll('.js-plotly-plot')];
+        const plot = plots.find(p => p.layout && p.layout.annotations &&
+                                     p.layout.annotations.some(a => a.text === 'Loss'));
+        return plot ? plot.data.reduce((n, trace) => n + (trace.x || []).length, 0) : 0;
+    }""")
+
+
+def _go(page, name: str) -> None:
+    page.get_by_role("link", name=name).first.click()
+    page.get_by_role("heading", name=name, level=1).wait_for(timeout=60_000)
+
+
+def test_demo_data_to_trained_model_to_explanation(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, runs = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(60_000)
+
+        # Data: the synthetic demo set, counted and previewed.
+        page.goto(url)
+        page.get_by_role("heading", name="Data", level=1).wait_for()
+        expect(page.get_by_text("The built-in demo set is").first).to_be_visible()
+        expect(page.get_by_text("random draw 8")).to_be_visible(timeout=90_000)
+        _shoot(page, "data")
+
+        # Train: quick preset with fewer epochs, start, watch the curves grow, wait for the end.
+        _go(page, "Train")
+        page.get_by_role("button", name="Use this preset").first.click()
+        page.get_by_role("tab", name="Schedule").click()
+        epochs = page.get_by_role("spinbutton", name="Epochs", exact=True).nth(1)  # fine-tune phase
+        epochs.fill(str(EPOCHS))
+        epochs.press("Enter")
+        expect(page.get_by_text(f"{EPOCHS} epochs (0 head + {EPOCHS} fine-tune)")).to_be_visible()
+        page.get_by_role("button", name="Start training").click()
+        expect(page.get_by_text("running").first).to_be_visible(timeout=60_000)
+
+        # A second tab sees the same run: the state lives in the run folder, not in the page.
+        second = browser.new_page(viewport={"width": 1400, "height": 900})
+        second.goto(f"{url}/train")
+        expect(second.get_by_text("quick-cpu-demo ·").first).to_be_visible(timeout=60_000)
+        second.close()
+
+        seen = set()
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            seen.add(_curve_points(page))
+            if page.get_by_text("Finished. Test set").count():
+                break
+            time.sleep(0.5)
+        assert page.get_by_text("Finished. Test set").count(), "training did not finish in time"
+        seen.add(_curve_points(page))
+        assert len(seen - {0}) >= 2, f"the live curves never grew; point counts seen: {sorted(seen)}"
+        _shoot(page, "train")
+
+        # Evaluate: the finished run's test figures.
+        page.get_by_role("button", name="Evaluate this run").click()
+        page.get_by_role("heading", name="Evaluate", level=1).wait_for()
+        expect(page.get_by_text("Sensitivity").first).to_be_visible()
+        expect(page.get_by_text("Confusion matrix")).to_be_visible()
+        _shoot(page, "evaluate")
+
+        _go(page, "Runs")
+        expect(page.get_by_text("Validation ROC AUC")).to_be_visible()
+        _shoot(page, "runs")
+
+        # Explain: upload a demo X-ray, see the overlay.
+        _go(page, "Explain")
+        page.get_by_text("Upload an X-ray", exact=True).click()
+        xray = next((Path(os.environ["CXR_STUDIO_CACHE"]).glob("demo-*/test/PNEUMONIA/*.png")))
+        page.locator("input[type=file]").set_input_files(str(xray))
+        expect(page.get_by_text("Overlay (opacity").first).to_be_visible(timeout=90_000)
+        expect(page.get_by_role("button", name="Download overlay (PNG)")).to_be_visible()
+        _shoot(page, "explain")
+
+        # Demo: the clinician's view.
+        _go(page, "Demo")
+        expect(page.get_by_text("not a diagnosis").first).to_be_visible()
+        expect(page.get_by_text("Probability of pneumonia")).to_be_visible(timeout=60_000)
+        page.get_by_text("Heatmap", exact=True).click()
+        expect(page.get_by_text("Grad-CAM: warm colours")).to_be_visible(timeout=60_000)
+        _shoot(page, "demo")
+        browser.close()
+
+    finished = [p for p in runs.iterdir() if (p / "metrics.json").exists()]
+    assert len(finished) == 1
