@@ -27,7 +27,7 @@ st.caption("Pick a preset or tune the settings, start training, and watch it lea
 
 # ---------------------------------------------------------------------------------- live run
 def _focus_run() -> Run | None:
-    """The run to show live: an active one first, else the one this session started last."""
+    """The run to show live: an active one first, else the one this session started last, else the newest."""
     runs = ui.store().list()
     active = [run for run in runs if run.status().active]
     mine = st.session_state.get("train_run_id")
@@ -36,7 +36,8 @@ def _focus_run() -> Run | None:
             return run
     if active:
         return active[0]
-    return ui.run_or_none(mine)
+    # After a restart or in a new tab: the run this session started, else the newest run in the store.
+    return ui.run_or_none(mine) or (runs[0] if runs else None)
 
 
 def _device_text(device: dict) -> str:
