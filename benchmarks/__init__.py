@@ -1,0 +1,1 @@
+"""Benchmarks: repeatable measurements of the training core (quality, speed)."""
