@@ -40,6 +40,7 @@ __all__ = [
     "LoadedArrays",
     "parse_patient",
     "find_dataset",
+    "image_size_spread",
     "index_medmnist",
     "patient_split",
     "resolve_splits",
@@ -979,27 +980,30 @@ def make_dataset(
 # --------------------------------------------------------------------------- CLI
 
 
-def _image_size_spread(records: Sequence[ImageRecord], sample: int = 200, seed: int = 0) -> str:
+def image_size_spread(records: Sequence[ImageRecord], sample: int = 200, seed: int = 0) -> dict:
+    """Widths and heights of a random sample of images, read from headers only, and a one-line summary."""
     files = [r.path for r in records if "::" not in r.path]
-    if not files:
-        return "n/a"
-    rng = np.random.default_rng(seed)
-    chosen = [files[i] for i in rng.choice(len(files), size=min(sample, len(files)), replace=False)]
-    widths, heights = [], []
-    for path in chosen:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(path) as img:  # header only, no pixel decode
-                    widths.append(img.width)
-                    heights.append(img.height)
-        except Exception:  # a bad file is reported by load, not here
-            continue
+    widths: list[int] = []
+    heights: list[int] = []
+    if files:
+        rng = np.random.default_rng(seed)
+        chosen = [files[i] for i in rng.choice(len(files), size=min(sample, len(files)), replace=False)]
+        for path in chosen:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    with Image.open(path) as img:  # header only, no pixel decode
+                        widths.append(img.width)
+                        heights.append(img.height)
+            except Exception:  # a bad file is reported by load, not here
+                continue
     if not widths:
-        return "no readable headers in the sample"
-    w, h = np.array(widths), np.array(heights)
-    return (f"width min/median/max {w.min()}/{int(np.median(w))}/{w.max()} px, "
-            f"height {h.min()}/{int(np.median(h))}/{h.max()} px (sample of {len(widths)})")
+        summary = "n/a" if not files else "no readable headers in the sample"
+    else:
+        w, h = np.array(widths), np.array(heights)
+        summary = (f"width min/median/max {w.min()}/{int(np.median(w))}/{w.max()} px, "
+                   f"height {h.min()}/{int(np.median(h))}/{h.max()} px (sample of {len(widths)})")
+    return {"widths": widths, "heights": heights, "summary": summary}
 
 
 def _inspect(path: str) -> int:
@@ -1011,7 +1015,7 @@ def _inspect(path: str) -> int:
         print(f"  {split:5s} {n:6d} images  {per}  patients {index.patients(split):5d}")
     if index.layout != "medmnist":
         for split in index.splits:
-            print(f"  {split:5s} image size: {_image_size_spread(index.split(split))}")
+            print(f"  {split:5s} image size: {image_size_spread(index.split(split))['summary']}")
     print(f"problems ({len(index.problems)}):" if index.problems else "problems: none")
     for line in index.problems:
         print(f"  - {line}")

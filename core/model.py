@@ -133,12 +133,13 @@ class BlockRow:
     layers: int
     params: int
     trainable_params: int
+    learnable_params: int = 0  # params minus BatchNorm moving statistics, which no optimiser updates
 
     @property
     def trainable(self) -> str:
         if self.trainable_params == 0:
             return "no"
-        return "yes" if self.trainable_params == self.params else "partly (BatchNorm frozen)"
+        return "yes" if self.trainable_params >= self.learnable_params else "partly (BatchNorm frozen)"
 
 
 def layer_table(model: keras.Model, spec_name: str) -> list[BlockRow]:
@@ -150,11 +151,13 @@ def layer_table(model: keras.Model, spec_name: str) -> list[BlockRow]:
         row.layers += 1
         row.params += count_params(layer.weights)
         row.trainable_params += count_params(layer.trainable_weights)
+        row.learnable_params += count_params(w for w in layer.weights if "moving_" not in w.name)
     head = [model.get_layer(name) for name in HEAD_LAYERS]
     rows[len(spec.blocks) + 1] = BlockRow(
         len(spec.blocks) + 1, "classifier head", len(head),
         sum(count_params(layer.weights) for layer in head),
         sum(count_params(layer.trainable_weights) for layer in head),
+        sum(count_params(layer.weights) for layer in head),
     )
     return [rows[key] for key in sorted(rows)]
 

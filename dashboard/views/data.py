@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.config import AugmentConfig
-from core.data import CLASS_NAMES, DatasetError, ImageLoadError, _image_size_spread, download_kaggle, load_image
+from core.data import CLASS_NAMES, DatasetError, ImageLoadError, image_size_spread, download_kaggle, load_image
 from dashboard import ui
 
 SOURCES = {"demo": "Built-in demo (synthetic)", "folder": "Local folder", "kaggle": "Kaggle download"}
@@ -79,9 +79,17 @@ with left:
     st.dataframe(table, width="stretch")
     if index.layout == "class_folders":
         st.caption("No split folders: validation and test are carved out by patient when training.")
-    st.markdown("**Image sizes**")
-    for split in index.splits:
-        st.caption(f"{split}: {_image_size_spread(index.split(split))}")
+    st.markdown("**Image sizes** (a sample per split, read from file headers)")
+    spreads = {split: image_size_spread(index.split(split)) for split in index.splits}
+    for split, spread in spreads.items():
+        st.caption(f"{split}: {spread['summary']}")
+    if any(spread["widths"] for spread in spreads.values()):
+        sizes = go.Figure([go.Scatter(x=spread["widths"], y=spread["heights"], mode="markers", name=split,
+                                      marker=dict(size=5, opacity=0.6))
+                           for split, spread in spreads.items() if spread["widths"]])
+        sizes.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="width (px)",
+                            yaxis_title="height (px)", legend=dict(orientation="h", y=1.12))
+        ui.chart(sizes)
 with right:
     fig = go.Figure([
         go.Bar(name=name, x=list(counts), y=[counts[split][name] for split in counts], text=[counts[split][name] for split in counts])

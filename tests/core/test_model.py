@@ -124,3 +124,10 @@ def test_wrong_weights_file_is_a_clear_error(keras_weights_dir):
     path = keras_weights_dir / "mobilenet_2_5_224_tf_no_top.h5"
     with pytest.raises(WeightsUnavailableError, match="does not fit MobileNet v1"):
         build_classifier(ModelConfig(backbone="mobilenet", weights=str(path), alpha=0.5), 96)
+
+
+def test_layer_table_says_yes_for_a_network_trained_whole_from_scratch():
+    cfg = ModelConfig(backbone="small_cnn", weights="none", unfreeze_from_block=1)
+    model = build_classifier(cfg, 32)
+    set_trainable(model, cfg, "finetune")
+    assert {row.trainable for row in layer_table(model, "small_cnn")} == {"yes"}
