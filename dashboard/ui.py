@@ -115,10 +115,21 @@ def pick_run() -> Run | None:
     return by_id[chosen]
 
 
+def short_path(path: str | Path) -> str:
+    """A path as a person reads it: relative to where the app runs, or with ``~`` for home."""
+    path = Path(path).resolve()
+    for base, shown in ((Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
+        try:
+            return shown + str(path.relative_to(base)) if path != base else (shown or ".")
+        except ValueError:
+            continue
+    return str(path)
+
+
 def sidebar_notice() -> None:
     with st.sidebar:
         st.warning(NOTICE, icon=":material/warning:")
-        st.caption(f"Run store: `{store().root}`")
+        st.caption(f"Run store: `{short_path(store().root)}`")
 
 
 # --------------------------------------------------------------------------------- settings state

@@ -67,7 +67,7 @@ cols[0].metric("Images", f"{total:,}")
 cols[1].metric("Patients", f"{index.patients():,}")
 cols[2].metric("Pneumonia : normal", f"{sum(c['PNEUMONIA'] for c in counts.values()) / max(1, sum(c['NORMAL'] for c in counts.values())):.2f} : 1")
 cols[3].metric("Problems found", len(index.problems))
-st.caption(f"Folder `{index.root}` · layout: {index.layout.replace('_', ' ')}")
+st.caption(f"Folder `{ui.short_path(index.root)}` · layout: {index.layout.replace('_', ' ')}")
 
 left, right = st.columns([2, 3])
 with left:

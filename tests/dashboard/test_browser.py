@@ -26,6 +26,7 @@ DOCS = REPO / "docs"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 EPOCHS = 8
+DOCS_MODE = os.environ.get("CXR_STUDIO_SCREENSHOTS") == "docs"
 
 
 def _free_port() -> int:
@@ -40,9 +41,15 @@ def server(tmp_path_factory, cache_dir):
         pytest.skip(f"{CHROMIUM} is not installed")
     pytest.importorskip("playwright")
     runs = tmp_path_factory.mktemp("browser-runs")
+    cache = cache_dir
+    if DOCS_MODE:  # README screenshots: paths as a user sees them, not the test's temp folders
+        runs = REPO / "models" / "screenshots"
+        shutil.rmtree(runs, ignore_errors=True)
+        cache = Path.home() / ".cache" / "cxr-studio"
+        os.environ["CXR_STUDIO_CACHE"] = str(cache)
     port = _free_port()
     log = open(tmp_path_factory.mktemp("logs") / "streamlit.log", "w")
-    env = {**os.environ, "CXR_STUDIO_RUNS": str(runs), "CXR_STUDIO_CACHE": str(cache_dir), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "CXR_STUDIO_RUNS": str(runs), "CXR_STUDIO_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1"],
@@ -72,7 +79,7 @@ def _shoot(page, name: str) -> None:
     time.sleep(1.0)  # let plotly finish drawing
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path))
-    if os.environ.get("CXR_STUDIO_SCREENSHOTS") == "docs" and name in ("data", "train", "evaluate", "explain", "demo"):
+    if DOCS_MODE and name in ("data", "train", "evaluate", "explain", "demo"):
         shutil.copyfile(path, DOCS / f"{name}.png")
 
 
@@ -134,6 +141,11 @@ def test_demo_data_to_trained_model_to_explanation(server):
         assert page.get_by_text("Finished. Test set").count(), "training did not finish in time"
         seen.add(_curve_points(page))
         assert len(seen - {0}) >= 2, f"the live curves never grew; point counts seen: {sorted(seen)}"
+        page.evaluate("""() => {
+            const plot = [...document.querySelectorAll('.js-plotly-plot')].find(p => p.layout &&
+                p.layout.annotations && p.layout.annotations.some(a => a.text === 'Loss'));
+            if (plot) plot.scrollIntoView({block: 'end'});
+        }""")
         _shoot(page, "train")
 
         # Evaluate: the finished run's test figures.
