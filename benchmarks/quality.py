@@ -203,7 +203,7 @@ def weights_label(config) -> str:
     if weights == "none":
         return "none (trained from scratch)"
     if weights == "imagenet":
-        from core.backbones import BACKBONES, imagenet_file_name, keras_cache_dir
+        from core.backbones import BACKBONES, imagenet_file_name
 
         file = imagenet_file_name(BACKBONES[config.model.backbone], config.model.alpha)
         return f"ImageNet via weights='imagenet' (Keras cache: {file})"
