@@ -67,14 +67,18 @@ def interval(key: str, as_pct: bool = True) -> str | None:
     return f"95 % CI {ui.pct(lo, 0)}–{ui.pct(hi, 0)}" if as_pct else f"95 % CI {lo:.3f}–{hi:.3f}"
 
 
-cols = st.columns(5)
+cols = st.columns(6)
 cols[0].metric("Sensitivity", ui.pct(m["sensitivity"]), help="Pneumonia images called pneumonia (recall, TPR).")
 cols[1].metric("Specificity", ui.pct(m["specificity"]), help="Normal images called normal (TNR).")
 cols[2].metric("ROC AUC", ui.num(m["roc_auc"]), help="Does not depend on the threshold.")
-cols[3].metric("Accuracy", ui.pct(m["accuracy"]))
-cols[4].metric("F1", ui.num(m["f1"]))
+cols[3].metric("PR AUC", ui.num(m["pr_auc"]), help="Average precision; does not depend on the threshold.")
+cols[4].metric("Accuracy", ui.pct(m["accuracy"]),
+               help="Calling every image pneumonia already scores the share of pneumonia images "
+                    f"({ui.pct(m['n_positive'] / m['n']) if m['n'] else 'n/a'} here).")
+cols[5].metric("F1", ui.num(m["f1"]))
 if ci:
-    for column, key, as_pct in zip(cols, ("sensitivity", "specificity", "roc_auc", "accuracy"), (True, True, False, True)):
+    for column, key, as_pct in zip(cols, ("sensitivity", "specificity", "roc_auc", "pr_auc", "accuracy"),
+                                   (True, True, False, False, True)):
         text = interval(key, as_pct)
         if text:
             column.caption(text)
@@ -138,7 +142,9 @@ with table_col:
     groups = metrics.get("subgroups") or {}
     if groups:
         st.markdown("**Sensitivity per pneumonia type** (at the run's threshold)")
-        st.dataframe([{"type": name, "images": g["n"], "missed": g["missed"], "sensitivity": ui.pct(g["sensitivity"])}
+        st.dataframe([{"type": name, "images": g["n"], "missed": g["missed"], "sensitivity": ui.pct(g["sensitivity"]),
+                       "95 % CI": (f"{ui.pct(g['sensitivity_ci'][0], 0)}–{ui.pct(g['sensitivity_ci'][1], 0)}"
+                                   if (g.get("sensitivity_ci") or [None])[0] is not None else "—")}
                       for name, g in groups.items()], hide_index=True, width="stretch")
 
 # ---------------------------------------------------------------------------------- mistakes

@@ -219,3 +219,18 @@ def test_predict_cli_json_lines_heatmaps_and_exit_codes(finished_run, tmp_path, 
     assert main(["--run", run.path.name, "--store", str(store.root), good]) == 0
     assert json.loads(capsys.readouterr().out)["heatmap"] is None
     assert main(["--run", "missing", "--store", str(store.root), good]) == 2
+
+
+def test_subgroup_sensitivity_has_a_patient_bootstrap_interval_and_the_baseline_is_saved():
+    from core.evaluate import _subgroups, baseline_always_pneumonia
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 40 + [1] * 60)
+    subtypes = [None] * 40 + ["bacteria"] * 35 + ["virus"] * 25
+    prob = np.clip(labels * 0.6 + rng.uniform(0, 0.5, 100), 0, 1)
+    patients = [f"p{i // 2}" for i in range(100)]
+    groups = _subgroups(labels, prob, subtypes, 0.7, patients)
+    for g in groups.values():
+        lo, hi = g["sensitivity_ci"]
+        assert lo <= g["sensitivity"] <= hi
+    assert baseline_always_pneumonia(labels)["accuracy"] == 0.6
