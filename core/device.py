@@ -8,7 +8,19 @@ from pathlib import Path
 
 import tensorflow as tf
 
-__all__ = ["DevicePlan", "plan_device", "cpu_has_bf16", "split_cpu", "describe_hardware"]
+__all__ = ["DevicePlan", "plan_device", "cpu_has_bf16", "split_cpu", "describe_hardware", "BF16_CPU_SPEEDUP"]
+
+# Measured train-step speed-up of mixed_bfloat16 over float32 on a 2-core AVX512-BF16 CPU (no AMX),
+# 128 px, batch 16, whole network trainable, TF 2.21 / oneDNN: `python -m benchmarks.flops --backbones
+# vgg16,resnet50v2` (benchmarks/RESULTS-performance.md §2).
+# "auto" picks bf16 on such CPUs for the backbones listed here with a gain of at least BF16_CPU_MIN_GAIN;
+# unmeasured ones keep float32 (the reason says so and how to try bf16).
+BF16_CPU_SPEEDUP: dict[str, float] = {
+    "vgg16": 2.0,
+    "resnet50v2": 1.5,
+    "small_cnn": 1.0,  # at 64 px, the quick demo's size: too small for bf16 to pay
+}
+BF16_CPU_MIN_GAIN = 1.2
 
 
 @dataclass
@@ -55,13 +67,15 @@ def split_cpu(n: int) -> None:
     tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
 
 
-def plan_device(device: str = "auto", precision: str = "auto", jit_compile: bool | str = "auto") -> DevicePlan:
+def plan_device(device: str = "auto", precision: str = "auto", jit_compile: bool | str = "auto", *,
+                backbone: str | None = None) -> DevicePlan:
     """Pick the distribution strategy, dtype policy and XLA setting for this machine.
 
     ``auto``: several GPUs → MirroredStrategy, one GPU → that GPU, none → CPU; ``TF_CONFIG`` set
     → MultiWorkerMirroredStrategy. Mixed precision: bfloat16 on GPUs of compute capability ≥ 8
-    (no loss scaling needed), float16 on older GPUs, float32 on CPU unless asked (bf16 on CPU is
-    faster for large backbones on AVX512-BF16 but slower for small ones; the user may choose it).
+    (no loss scaling needed), float16 on older GPUs; on a CPU with AVX512-BF16 or AMX, bfloat16
+    for a ``backbone`` whose measured gain there (:data:`BF16_CPU_SPEEDUP`) is worth it, else
+    float32. An explicit ``precision`` always wins.
     """
     gpus = tf.config.list_physical_devices("GPU")
     reasons = []
@@ -86,12 +100,25 @@ def plan_device(device: str = "auto", precision: str = "auto", jit_compile: bool
             precision = "mixed_bfloat16" if major >= 8 else "mixed_float16" if major >= 7 else "float32"
             reasons.append(f"precision auto: GPU compute capability {major}.x")
         else:
-            precision = "float32"
-            reasons.append("precision auto: float32 on CPU" + (" (bf16 available: choose mixed_bfloat16 for large backbones)" if cpu_has_bf16() else ""))
+            precision, why = _cpu_precision(backbone)
+            reasons.append(f"precision auto: {why}")
     if jit_compile == "auto":
         jit_compile = bool(gpus)
-        reasons.append(f"XLA {'on' if jit_compile else 'off'} ({'GPU' if gpus else 'CPU: compile time does not pay off on short runs'})")
+        reasons.append(f"XLA {'on' if jit_compile else 'off'} ({'GPU' if gpus else 'CPU: measured no faster per step in float32 and slower in bfloat16'})")
     return DevicePlan(device, replicas, len(gpus), precision, bool(jit_compile), "; ".join(reasons))
+
+
+def _cpu_precision(backbone: str | None) -> tuple[str, str]:
+    """float32 or mixed_bfloat16 on this CPU for this backbone, and why in words."""
+    if not cpu_has_bf16():
+        return "float32", "float32 on CPU (no AVX512-BF16/AMX)"
+    gain = BF16_CPU_SPEEDUP.get(backbone) if backbone else None
+    if gain is None:
+        return "float32", ("float32 on CPU (bf16 available; its gain for "
+                           f"{backbone or 'this model'} is unmeasured: choose mixed_bfloat16 to try it)")
+    if gain >= BF16_CPU_MIN_GAIN:
+        return "mixed_bfloat16", f"mixed_bfloat16 on CPU (AVX512-BF16/AMX; {backbone} train step {gain:.1f}× faster measured)"
+    return "float32", f"float32 on CPU (bf16 available but {backbone} measured only {gain:.1f}× in bf16)"
 
 
 def _compute_capability_major(gpu) -> int:
