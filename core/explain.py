@@ -277,16 +277,42 @@ class Explainer:
         self._size = (int(height), int(width))
         self._gradcam = tf.function(
             self._gradcam_graph, input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32)])
+        self._gradcampp = tf.function(
+            self._gradcampp_graph, input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32),
+                                                    tf.TensorSpec((), tf.float32)])
 
-    def _gradcam_graph(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _forward_backward(self, x: tf.Tensor, sign: tf.Tensor | float = 1.0):
         with tf.GradientTape() as tape:
             tape.watch(x)  # so the graph is recorded even when the whole backbone is frozen
             features, logit = self._grad_model(x, training=False)
             features = tf.cast(features, tf.float32)
-            score = tf.reduce_sum(tf.cast(logit, tf.float32))  # images are independent in inference mode
-        grads = tape.gradient(score, features)
+            logit = tf.reshape(tf.cast(logit, tf.float32), [-1])
+            total = tf.reduce_sum(sign * logit)  # images are independent in inference mode
+        return logit, features, tape.gradient(total, features)
+
+    def _gradcam_graph(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        logit, features, grads = self._forward_backward(x)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # α_k: global-average-pooled gradients
-        return tf.reshape(tf.cast(logit, tf.float32), [-1]), tf.reduce_sum(features * weights, axis=-1)
+        return logit, tf.reduce_sum(features * weights, axis=-1)
+
+    def _gradcampp_graph(self, x: tf.Tensor, sign: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Grad-CAM++ from the same single forward/backward pass, as tf-keras-vis 0.8.7 computes it
+        (exp(score) trick for the higher derivatives; Chattopadhay et al. 2018), activation_modifier=None.
+
+        The exp(score) factor cancels in the alphas and only scales the map, which is normalised
+        afterwards, so it is left out: same map, no overflow for confident logits.
+        """
+        logit, features, grads = self._forward_backward(x, sign)
+        d1 = grads
+        d2 = d1 * grads
+        d3 = d2 * grads
+        global_sum = tf.reduce_sum(features, axis=(1, 2), keepdims=True)
+        denom = 2.0 * d2 + d3 * global_sum
+        alphas = d2 / (denom + tf.cast(d2 == 0.0, denom.dtype))
+        norm = tf.reduce_sum(alphas, axis=(1, 2), keepdims=True)
+        alphas = alphas / (norm + tf.cast(norm == 0.0, norm.dtype))
+        weights = tf.reduce_sum(d1 * alphas, axis=(1, 2), keepdims=True)
+        return logit, tf.reduce_sum(weights * features, axis=-1)
 
     def explain(self, image: np.ndarray, method: str = "gradcam", target: str = "predicted") -> Explanation:
         """P(PNEUMONIA) and a 0..1 heatmap (S,S) for one 0..255 image (S,S,3)."""
@@ -297,6 +323,14 @@ class Explainer:
             logit, raw = (t.numpy() for t in self._gradcam(tf.constant(x[:1])))
             pneumonia = _explained_classes(logit.astype(np.float64), target, self.threshold)[0]
             cam = _finish(raw if pneumonia else -raw, self._size)[0]
+        elif method == "gradcam++":
+            # The class to explain depends on the prediction: run with the pneumonia score, and again
+            # with the normal score only when that is the class explained (Grad-CAM++ is not odd in the score).
+            logit, raw = (t.numpy() for t in self._gradcampp(tf.constant(x[:1]), tf.constant(1.0)))
+            pneumonia = _explained_classes(logit.astype(np.float64), target, self.threshold)[0]
+            if not pneumonia:
+                raw = self._gradcampp(tf.constant(x[:1]), tf.constant(-1.0))[1].numpy()
+            cam = _finish(raw, self._size)[0]
         else:
             logit = _logits(self.model, x[:1])
             pneumonia = _explained_classes(logit, target, self.threshold)[0]

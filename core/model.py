@@ -173,5 +173,19 @@ def cam_layer_name(model: keras.Model, spec_name: str | None = None) -> str:
 
 
 def load_model(path: str | Path) -> keras.Model:
-    """Load a saved classifier (``.keras``); the custom preprocessing layer is registered on import."""
-    return keras.models.load_model(path, compile=False)
+    """Load a saved classifier (``.keras``) for inference, in float32.
+
+    A model trained under mixed precision is saved with that dtype policy; tf-keras-vis 0.8.7's
+    Grad-CAM++ and Score-CAM fail on mixed_bfloat16 models, so such a model is rebuilt in float32
+    with the same weights (bf16/fp16 values are exact in float32). The custom layers are
+    registered on import.
+    """
+    model = keras.models.load_model(path, compile=False)
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    config = model.get_config()
+    for layer in config["layers"]:
+        layer["config"]["dtype"] = "float32"
+    float32 = model.__class__.from_config(config)
+    float32.set_weights(model.get_weights())
+    return float32

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -94,12 +95,14 @@ def _make_progress_callback(keras, run: Run, full_model, plan_total_epochs: int,
             improved = np.isfinite(val_auc) and val_auc > state.best_val_auc
             if improved:
                 state.best_val_auc, state.wait = val_auc, 0
-                full_model.save(run.model_path)  # best checkpoint on validation AUC (the whole model)
             else:
                 state.wait += 1
-            # Checkpoint for resume, then history, then the state that makes both count: a kill at
-            # any point leaves either the old epoch or the new one, never a half.
-            full_model.save(run.path / "last.keras")
+            # Checkpoint for resume (and the best on validation AUC: the same file, linked, not written
+            # twice), then history, then the state that makes both count: a kill at any point leaves
+            # either the old epoch or the new one, never a half.
+            _save_atomic(full_model, run.path / "last.keras")
+            if improved:
+                _link_atomic(run.path / "last.keras", run.model_path)
             run.append_history({"type": "epoch", "phase": phase, "epoch": state.epoch,
                                 "seconds": time.time() - self.epoch_start, "best": bool(improved), **logs})
             state.phase = phase
@@ -113,6 +116,24 @@ def _make_progress_callback(keras, run: Run, full_model, plan_total_epochs: int,
                 self.model.stop_training = True
 
     return RunProgress()
+
+
+def _save_atomic(model, path: Path) -> None:
+    """Save to a temp file and rename, so a kill mid-write never leaves a torn checkpoint."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _link_atomic(source: Path, target: Path) -> None:
+    """Make ``target`` the same file as ``source`` (a hard link; a copy where links are not possible)."""
+    tmp = target.with_name(f".{target.stem}.tmp.keras")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def _compile(keras, model, learning_rate: float, jit_compile: bool) -> None:
@@ -132,6 +153,16 @@ def _compile(keras, model, learning_rate: float, jit_compile: bool) -> None:
 def train_run(run: Run, resume: bool = False) -> None:
     """Train, pick the threshold on validation, evaluate once on test; status says how it went."""
     import keras
+
+    previous_policy = keras.mixed_precision.dtype_policy()
+    try:
+        _train_run(run, resume)
+    finally:  # Keras's dtype policy is global: later models in this process must not inherit the run's
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+
+
+def _train_run(run: Run, resume: bool) -> None:
+    import keras
     import tensorflow as tf
 
     from core import data as data_lib
@@ -146,7 +177,8 @@ def train_run(run: Run, resume: bool = False) -> None:
                       error=None, message="Preparing data…")
     keras.utils.set_random_seed(config.train.seed + state.epoch)
 
-    plan = plan_device(config.train.device, config.train.precision, config.train.jit_compile)
+    plan = plan_device(config.train.device, config.train.precision, config.train.jit_compile,
+                       backbone=config.model.backbone)
     keras.mixed_precision.set_dtype_policy(plan.precision)
     run.update_status(device=plan.to_dict())
     log.info("device: %s", plan)
@@ -229,7 +261,8 @@ def estimate_run_time(config: RunConfig, n_train: int | None = None, n_val: int 
 
         splits = resolve_splits(config.data, config.train.seed)
         n_train, n_val = len(splits.train), len(splits.val)
-    plan = plan_device(config.train.device, config.train.precision, config.train.jit_compile)
+    plan = plan_device(config.train.device, config.train.precision, config.train.jit_compile,
+                       backbone=config.model.backbone)
     size, batch = config.data.image_size, config.train.batch_size
     previous_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(plan.precision)
