@@ -25,3 +25,8 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+benchmarks: $(STAMP)
+	for b in input_pipeline flops explain_latency memory train_speed; do \
+	  PYTHONPATH=. $(PY) -m benchmarks.$$b --quick || exit 1; done
+	PYTHONPATH=. $(PY) -m benchmarks.quality --medmnist

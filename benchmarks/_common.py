@@ -27,6 +27,7 @@ __all__ = [
     "peak_rss_gib",
     "table",
     "finish",
+    "ours_precision",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,3 +178,12 @@ def finish(result: dict[str, Any], out: Path | None, text: str) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2, default=str))
         print(f"figures written to {out}")
+
+
+def ours_precision(choice: str, backbone: str = "vgg16") -> str:
+    """The dtype policy "ours" runs with: the product's automatic choice for this CPU, or the one asked for."""
+    if choice != "auto":
+        return choice
+    from core.device import plan_device
+
+    return plan_device("cpu", "auto", False, backbone=backbone).precision

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from benchmarks._common import base_parser, finish, link_subset, loadavg, machine, table
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import base_parser, finish, link_subset, loadavg, machine, table
+from benchmarks._common import base_parser, finish, link_subset, loadavg, machine, ours_precision, table
 
 
 def _drain(dataset, epochs: int) -> tuple[float, int]:
@@ -54,15 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.config import AugmentConfig, ModelConfig
     from core.data import find_dataset, load_arrays, make_dataset
-    from core.device import plan_device
     from core.model import build_classifier, set_trainable
 
-    precision = args.precision
-    if precision == "auto":
-        try:
-            precision = plan_device("cpu", "auto", False, backbone="vgg16").precision
-        except TypeError:
-            precision = plan_device("cpu", "auto", False).precision
+    precision = ours_precision(args.precision)
     result = {"machine": info, "settings": {"images": n_images, "image_size": size, "batch_size": batch,
                                             "epochs": epochs, "precision": precision}}
     rates = {}

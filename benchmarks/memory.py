@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import base_parser, finish, link_subset, loadavg, machine, table
+from benchmarks._common import base_parser, finish, link_subset, loadavg, machine, ours_precision, table
 from benchmarks.train_speed import _run_worker, _split_like_ours
 
 TARGET_GIB = 6.0
@@ -30,14 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     n_train = args.train_images or (64 if args.quick else 256)
 
     info = machine()
-    from core.device import plan_device
 
-    precision = args.precision
-    if precision == "auto":
-        try:
-            precision = plan_device("cpu", "auto", False, backbone="vgg16").precision
-        except TypeError:
-            precision = plan_device("cpu", "auto", False).precision
+    precision = ours_precision(args.precision)
     result = {"machine": info, "settings": {"train_images": n_train, "image_size": args.image_size,
                                             "batch_size": args.batch_size, "epochs_per_phase": args.epochs,
                                             "ours_precision": precision}, "peak_rss_gib": {}}

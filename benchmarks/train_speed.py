@@ -237,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     precision = args.precision
     if precision == "auto":
-        try:
-            plan = plan_device("cpu", "auto", False, backbone="vgg16")
-        except TypeError:  # plan_device without the backbone keyword
-            plan = plan_device("cpu", "auto", False)
+        plan = plan_device("cpu", "auto", False, backbone="vgg16")
         precision, precision_reason = plan.precision, plan.reason
     else:
         precision_reason = "set with --precision"

@@ -78,7 +78,8 @@ def cache_plan(split: FrozenSplit | None, n_images: int, augment_active: bool, e
     if need > budget:
         return False, (f"the frozen outputs at '{split.boundary}' would need {need / 2**30:.1f} GiB, "
                        f"more than the {budget / 2**30:.1f} GiB budget")
-    return True, f"frozen layers computed once: training from cached outputs at '{split.boundary}' ({need / 2**20:.0f} MiB)"
+    size = f"{need / 2**20:.0f} MiB" if need >= 2**20 else f"{need / 2**10:.0f} KiB"
+    return True, f"frozen layers computed once: training from cached outputs at '{split.boundary}' ({size})"
 
 
 def compute_frozen(split: FrozenSplit, dataset: tf.data.Dataset) -> np.ndarray:

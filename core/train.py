@@ -163,7 +163,6 @@ def train_run(run: Run, resume: bool = False) -> None:
 
 def _train_run(run: Run, resume: bool) -> None:
     import keras
-    import tensorflow as tf
 
     from core import data as data_lib
     from core.device import plan_device

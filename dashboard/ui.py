@@ -372,3 +372,16 @@ def phase_boundary(epochs: list[dict[str, Any]]) -> int | None:
 
 def chart(fig: go.Figure, key: str | None = None) -> None:
     st.plotly_chart(fig, width="stretch", key=key, config={"displaylogo": False})
+
+
+def augmentation_controls(flip_help: bool = True) -> None:
+    """The augmentation sliders; their keys are shared by the Data preview and the Train settings."""
+    st.slider("Rotation (± degrees)", 0.0, 45.0, step=1.0, key="cfg.augment.rotation_degrees")
+    st.slider("Zoom (± fraction)", 0.0, 0.5, step=0.01, key="cfg.augment.zoom")
+    st.slider("Shift (± fraction of the side)", 0.0, 0.5, step=0.01, key="cfg.augment.shift")
+    st.slider("Brightness (±)", 0.0, 0.5, step=0.01, key="cfg.augment.brightness")
+    st.slider("Contrast (±)", 0.0, 0.5, step=0.01, key="cfg.augment.contrast")
+    st.slider("Noise (std, pixel units)", 0.0, 50.0, step=1.0, key="cfg.augment.noise_std")
+    st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip",
+                help="Off by default: the heart is on the left, so a flipped chest is not a real anatomy."
+                if flip_help else None)

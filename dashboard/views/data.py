@@ -136,14 +136,7 @@ st.caption("Training shows the network randomly altered copies of each X-ray. Mo
 def augmentation_preview(paths: list[str]) -> None:
     controls, grid = st.columns([1, 3])
     with controls:
-        st.slider("Rotation (± degrees)", 0.0, 45.0, step=1.0, key="cfg.augment.rotation_degrees")
-        st.slider("Zoom (± fraction)", 0.0, 0.5, step=0.01, key="cfg.augment.zoom")
-        st.slider("Shift (± fraction of the side)", 0.0, 0.5, step=0.01, key="cfg.augment.shift")
-        st.slider("Brightness (±)", 0.0, 0.5, step=0.01, key="cfg.augment.brightness")
-        st.slider("Contrast (±)", 0.0, 0.5, step=0.01, key="cfg.augment.contrast")
-        st.slider("Noise (std, pixel units)", 0.0, 50.0, step=1.0, key="cfg.augment.noise_std")
-        st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip",
-                    help="Off by default: the heart is on the left, so a flipped chest is not a real anatomy.")
+        ui.augmentation_controls()
         position = st.session_state.get("augment_image", 0) % len(paths)
         if st.button("Another image", icon=":material/refresh:"):
             position = (position + 1) % len(paths)

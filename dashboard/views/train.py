@@ -279,13 +279,7 @@ with data_tab:
                         key="cfg.data.max_images_per_class", help="A balanced subset for quick runs.")
     with right:
         st.markdown("**Augmentation** (also on the Data page, with a preview)")
-        st.slider("Rotation (± degrees)", 0.0, 45.0, step=1.0, key="cfg.augment.rotation_degrees")
-        st.slider("Zoom (± fraction)", 0.0, 0.5, step=0.01, key="cfg.augment.zoom")
-        st.slider("Shift (± fraction of the side)", 0.0, 0.5, step=0.01, key="cfg.augment.shift")
-        st.slider("Brightness (±)", 0.0, 0.5, step=0.01, key="cfg.augment.brightness")
-        st.slider("Contrast (±)", 0.0, 0.5, step=0.01, key="cfg.augment.contrast")
-        st.slider("Noise (std, pixel units)", 0.0, 50.0, step=1.0, key="cfg.augment.noise_std")
-        st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip")
+        ui.augmentation_controls(flip_help=False)
 
 with schedule_tab:
     head_col, fine_col, other_col = st.columns(3)

@@ -1,8 +1,6 @@
 """Run stores prepared by hand for the dashboard tests: finished, running and failed runs, and an empty store."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -252,7 +252,7 @@ def test_explain_non_image_upload_shows_a_clear_message(runs_env):
 
 
 def test_dicom_patient_tags_are_never_displayed(runs_env, tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
