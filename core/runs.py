@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -244,6 +245,8 @@ class Run:
                 args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
             )
+        # Reap the child when it ends, so a long-lived launcher (the dashboard) collects no zombies.
+        threading.Thread(target=proc.wait, name=f"reap-{self.id}", daemon=True).start()
         self.update_status(pid=proc.pid)
         return proc.pid
 

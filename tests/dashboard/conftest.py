@@ -12,7 +12,7 @@ from core.config import preset
 from core.runs import RunStore
 
 FAILED_ERROR = ("ImageNet weights for VGG16 are unavailable: vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 "
-                "is not in the Keras cache (/root/.keras/models) and the download failed (URLError: offline).")
+                "is not in the Keras cache (~/.keras/models) and the download failed (URLError: offline).")
 EPOCH_METRICS = ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc")
 
 
