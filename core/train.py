@@ -62,7 +62,6 @@ def _make_progress_callback(keras, run: Run, full_model, plan_total_epochs: int,
             super().__init__()
             self.steps = None
             self.epoch_start = time.time()
-            self.best_weights = None
 
         def on_train_begin(self, logs=None):
             self.steps = self.params.get("steps") or 0

@@ -131,6 +131,15 @@ if focus is not None:
 any_active = any(run.status().active for run in ui.store().list())
 
 # ---------------------------------------------------------------------------------- presets
+def _use_preset(name: str) -> None:
+    """Apply a preset's settings, keeping a real data folder the user picked on the Data page."""
+    chosen = {key: st.session_state.get(key) for key in ("cfg.data.source", "cfg.data.path")}
+    ui.apply_config(preset(name))
+    if chosen["cfg.data.source"] in ("folder", "kaggle") and chosen["cfg.data.path"]:
+        st.session_state.update(chosen)
+    st.session_state["preset"] = name
+
+
 PRESET_TEXT = {
     "Quick CPU demo": "A small CNN trained from scratch on the synthetic demo set at 64 px. About a minute on a laptop CPU.",
     "Reference recipe (VGG16, GPU recommended)": "VGG16 with ImageNet weights on the Kaggle set at 224 px: head for 10 epochs, "
@@ -186,7 +195,7 @@ for column, name in zip(preset_columns, PRESETS):
         st.caption(PRESET_TEXT.get(name, ""))
         show_estimate(config, key=f"estimate-{name}")
         st.button("Use this preset", key=f"use-{name}", type="primary" if st.session_state.get("preset") == name else "secondary",
-                  on_click=lambda n=name: (ui.apply_config(preset(n)), st.session_state.__setitem__("preset", n)))
+                  on_click=_use_preset, args=(name,))
 
 # ---------------------------------------------------------------------------------- settings
 st.subheader("Settings")

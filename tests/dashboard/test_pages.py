@@ -118,6 +118,14 @@ def test_train_page_shows_a_bad_setting_before_start(empty_env):
     assert next(b for b in at.button if b.label == "Start training").disabled
 
 
+def test_a_preset_keeps_the_real_data_folder_chosen_on_the_data_page(empty_env, tmp_path):
+    at = open_page("train", **{"cfg.data.source": "folder", "cfg.data.path": str(tmp_path)})
+    next(b for b in at.button if b.key == "use-Quick CPU demo").click().run()
+    assert at.session_state["cfg.data.source"] == "folder"
+    assert at.session_state["cfg.data.path"] == str(tmp_path)
+    assert at.session_state["cfg.model.backbone"] == "small_cnn"
+
+
 def test_start_creates_a_run_from_the_settings_and_launches_it(empty_env, monkeypatch):
     from core.runs import Run, RunStore
 
