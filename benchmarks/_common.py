@@ -131,14 +131,18 @@ def link_records(paths_by_class: dict[str, Sequence[str | Path]], root: Path, sp
     return root / split
 
 
-def link_subset(data: Path, root: Path, split: str, per_class: int, seed: int = 0) -> dict[str, list[Path]]:
-    """A balanced, seeded subset of ``data/split`` symlinked into ``root/split``; returns the chosen files."""
+def link_subset(data: Path, root: Path, split: str, per_class: int | None, seed: int = 0) -> dict[str, list[Path]]:
+    """A balanced, seeded subset of ``data/split`` (every file when ``per_class`` is None) symlinked
+    into ``root/split``; returns the chosen files."""
     if not (data / split).is_dir():
         raise SystemExit(f"no {split}/ folder in {data}: pass --data pointing at a Kaggle-layout chest_xray folder")
     rng = random.Random(seed)
     chosen = {}
     for cls in CLASSES:
         files = sorted(p for p in (data / split / cls).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        if per_class is None:
+            chosen[cls] = files
+            continue
         if len(files) < per_class:
             raise SystemExit(f"{data / split / cls} has {len(files)} images; {per_class} asked")
         chosen[cls] = sorted(rng.sample(files, per_class))

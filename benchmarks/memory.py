@@ -26,8 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="epochs per phase")
     p.add_argument("--precision", default="auto")
     p.add_argument("--no-tutorial", action="store_true", help="measure ours only")
+    p.add_argument("--full", action="store_true", help="the whole train split (unbalanced, as training uses it)")
+    p.add_argument("--augmentation", choices=("both", "on", "off"), default="both",
+                   help="which settings to measure (off = frozen outputs cached: the memory-hungry one)")
     args = p.parse_args(argv)
-    n_train = args.train_images or (64 if args.quick else 256)
+    n_train = "all" if args.full else args.train_images or (64 if args.quick else 256)
 
     info = machine()
 
@@ -38,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="cxr-memory-") as tmp:
         root = Path(tmp)
-        link_subset(args.data, root / "ours", "train", n_train // 2, seed=0)
+        link_subset(args.data, root / "ours", "train", None if args.full else n_train // 2, seed=0)
         link_subset(args.data, root / "ours", "test", 8, seed=0)
         n_tr, n_val, weights = _split_like_ours(root, {"image_size": args.image_size, "val_fraction": 0.15, "seed": 42})
-        for augment in (True, False):
+        for augment in {"both": (True, False), "on": (True,), "off": (False,)}[args.augmentation]:
             spec = {"variant": "both" if augment else "none", "augment": augment, "image_size": args.image_size,
                     "batch_size": args.batch_size, "head_epochs": args.epochs, "finetune_epochs": args.epochs,
                     "head_lr": 1e-3, "finetune_lr": 1e-5, "unfreeze_from_block": 4, "dropout": 0.3, "seed": 42,
