@@ -165,26 +165,24 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _class_dirs(folder: Path) -> dict[int, Path]:
-    found: dict[int, Path] = {}
+def _named_dirs(folder: Path, aliases: dict) -> dict:
+    """Sub-folders whose names match ``aliases`` (case-insensitive), first match per key."""
+    found: dict = {}
     with os.scandir(folder) as it:
         for entry in _visible(it):
             if entry.is_dir():
-                label = _match(entry.name, _CLASS_ALIASES)
-                if label is not None and label not in found:
-                    found[label] = Path(entry.path)
+                key = _match(entry.name, aliases)
+                if key is not None and key not in found:
+                    found[key] = Path(entry.path)
     return found
+
+
+def _class_dirs(folder: Path) -> dict[int, Path]:
+    return _named_dirs(folder, _CLASS_ALIASES)
 
 
 def _split_dirs(folder: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    with os.scandir(folder) as it:
-        for entry in _visible(it):
-            if entry.is_dir():
-                split = _match(entry.name, _SPLIT_ALIASES)
-                if split is not None and split not in found:
-                    found[split] = Path(entry.path)
-    return found
+    return _named_dirs(folder, _SPLIT_ALIASES)
 
 
 def _locate_root(path: Path) -> Path:

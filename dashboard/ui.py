@@ -385,3 +385,7 @@ def augmentation_controls(flip_help: bool = True) -> None:
     st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip",
                 help="Off by default: the heart is on the left, so a flipped chest is not a real anatomy."
                 if flip_help else None)
+
+
+# File types the uploaders accept (decoded by core.data.decode_image, in memory only).
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "tif", "tiff", "webp"]

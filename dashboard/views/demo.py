@@ -50,7 +50,7 @@ if source == "Test images":
         st.error(f"Cannot read {file}: {exc.strerror or exc}", icon=":material/error:")
         st.stop()
 else:
-    upload = top[1].file_uploader("X-ray", type=["jpg", "jpeg", "png", "dcm", "dicom"], key="demo_upload",
+    upload = top[1].file_uploader("X-ray", type=ui.UPLOAD_TYPES, key="demo_upload",
                                   label_visibility="collapsed",
                                   help="Processed in memory, never stored; DICOM patient tags are not shown.")
     if upload is None:

@@ -9,8 +9,6 @@ import streamlit as st
 from core.data import CLASS_NAMES, ImageLoadError, decode_image, prepare_image
 from dashboard import ui
 
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "tif", "tiff", "webp"]
-
 st.title("Explain")
 run = ui.pick_run()
 if run is None:
@@ -49,7 +47,7 @@ if source == "Pick from the test split":
         st.error(f"Cannot read {chosen}: {exc.strerror or exc}", icon=":material/error:")
         st.stop()
 else:
-    upload = st.file_uploader("X-ray (JPEG, PNG or DICOM)", type=UPLOAD_TYPES, key="explain_upload",
+    upload = st.file_uploader("X-ray (JPEG, PNG or DICOM)", type=ui.UPLOAD_TYPES, key="explain_upload",
                               help="Processed in memory and never stored. DICOM patient tags are not read out or shown.")
     if upload is None:
         st.info("Upload a frontal chest X-ray, or pick one from the test split.", icon=":material/upload:")
