@@ -84,6 +84,10 @@ class Row:
 _NO_AUGMENT = {"augment.rotation_degrees": 0, "augment.zoom": 0, "augment.shift": 0, "augment.brightness": 0,
                "augment.contrast": 0, "augment.noise_std": 0, "augment.horizontal_flip": False}
 
+# The recipe shared by the small pretrained rows: head on cached features, then the top stages fine-tuned.
+_SMALL_PRETRAINED_RECIPE = {"model.unfreeze_from_block": 5, "train.head.epochs": 15, "train.head.augment": False,
+                            "train.finetune.epochs": 10, "train.finetune.learning_rate": 1e-4}
+
 KAGGLE_ROWS: dict[str, Row] = {
     "vgg16-imagenet": Row(
         "the reference recipe = the project default: VGG16/ImageNet, 224 px, head 10 epochs with augmentation "
@@ -94,21 +98,18 @@ KAGGLE_ROWS: dict[str, Row] = {
         "without augmentation (frozen backbone computed once), then fine-tune from block 5 (stage 14) up to 10 "
         "epochs at 1e-4 with the default augmentation",
         {"model.backbone": "mobilenet", "model.alpha": 0.25, "model.weights": str(MOBILENET_025_FILE),
-         "model.unfreeze_from_block": 5, "train.head.epochs": 15, "train.head.augment": False,
-         "train.finetune.epochs": 10, "train.finetune.learning_rate": 1e-4}),
+         **_SMALL_PRETRAINED_RECIPE}),
     "mobilenet025-imagenet-cache": Row(
         "as mobilenet025-imagenet, but weights='imagenet' from the Keras cache "
         "(runs where ~/.keras/models holds mobilenet_2_5_224_tf_no_top.h5, e.g. after --copy-weights-to-cache)",
         {"model.backbone": "mobilenet", "model.alpha": 0.25, "model.weights": "imagenet",
-         "model.unfreeze_from_block": 5, "train.head.epochs": 15, "train.head.augment": False,
-         "train.finetune.epochs": 10, "train.finetune.learning_rate": 1e-4}),
+         **_SMALL_PRETRAINED_RECIPE}),
     "mobilenetv2-035-imagenet": Row(
         "MobileNetV2 α=0.35, ImageNet weights rebuilt from Google's TF.js export (local file), 224 px; head 15 "
         "epochs at 1e-3 without augmentation, then fine-tune from block 5 (stage 7) up to 10 epochs at 1e-4 with "
         "the default augmentation",
         {"model.backbone": "mobilenetv2", "model.alpha": 0.35, "model.weights": str(MOBILENETV2_035_FILE),
-         "model.unfreeze_from_block": 5, "train.head.epochs": 15, "train.head.augment": False,
-         "train.finetune.epochs": 10, "train.finetune.learning_rate": 1e-4}),
+         **_SMALL_PRETRAINED_RECIPE}),
     "small-cnn-scratch": Row(
         "small 4-block CNN, no pretrained weights, 128 px, all layers trained up to 20 epochs at 1e-3 with the "
         "default augmentation (no head phase: nothing to freeze)",
