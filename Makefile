@@ -8,10 +8,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: run test test-fast benchmarks clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .  # `core` and `dashboard` importable, and the cxr-* commands
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -28,5 +29,5 @@ clean:
 
 benchmarks: $(STAMP)
 	for b in input_pipeline flops explain_latency memory train_speed; do \
-	  PYTHONPATH=. $(PY) -m benchmarks.$$b --quick || exit 1; done
-	PYTHONPATH=. $(PY) -m benchmarks.quality --medmnist
+	  $(PY) -m benchmarks.$$b --quick || exit 1; done
+	$(PY) -m benchmarks.quality --medmnist

@@ -1,15 +1,11 @@
 """cxr-studio dashboard: `streamlit run dashboard/app.py` (or `make run`)."""
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core` and `dashboard` without installing
-
-from dashboard import ui  # noqa: E402
+from dashboard import state
 
 st.set_page_config(page_title="cxr-studio", page_icon=":material/pulmonology:", layout="wide")
 
@@ -31,21 +27,21 @@ def _warm_up_tensorflow() -> threading.Thread:
 
 # Less empty space above the page title than Streamlit's default.
 st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.5rem}</style>")
-ui.init_settings()
+state.init_settings()
 page = st.navigation(
     [
-        st.Page(ui.PAGES["data"], title="Data", icon=":material/dataset:", default=True),
-        st.Page(ui.PAGES["train"], title="Train", icon=":material/model_training:"),
-        st.Page(ui.PAGES["runs"], title="Runs", icon=":material/table_rows:"),
-        st.Page(ui.PAGES["evaluate"], title="Evaluate", icon=":material/monitoring:"),
-        st.Page(ui.PAGES["explain"], title="Explain", icon=":material/search_insights:"),
-        st.Page(ui.PAGES["demo"], title="Demo", icon=":material/stethoscope:"),
+        st.Page(state.PAGES["data"], title="Data", icon=":material/dataset:", default=True),
+        st.Page(state.PAGES["train"], title="Train", icon=":material/model_training:"),
+        st.Page(state.PAGES["runs"], title="Runs", icon=":material/table_rows:"),
+        st.Page(state.PAGES["evaluate"], title="Evaluate", icon=":material/monitoring:"),
+        st.Page(state.PAGES["explain"], title="Explain", icon=":material/search_insights:"),
+        st.Page(state.PAGES["demo"], title="Demo", icon=":material/stethoscope:"),
     ],
     position="sidebar",
 )
 with st.sidebar:
     st.markdown("### :material/pulmonology: cxr-studio")
     st.caption("Chest X-ray pneumonia classification by transfer learning")
-ui.sidebar_notice()
+state.sidebar_notice()
 _warm_up_tensorflow()
 page.run()

@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.config import AugmentConfig
 from core.data import CLASS_NAMES, DatasetError, ImageLoadError, image_size_spread, download_kaggle, load_image
-from dashboard import ui
+from dashboard import charts, resources, state
 
 SOURCES = {"demo": "Built-in demo (synthetic)", "folder": "Local folder", "kaggle": "Kaggle download"}
 
@@ -18,10 +18,10 @@ source = st.radio("Source", list(SOURCES), key="cfg.data.source", format_func=SO
 
 root: str | None = None
 if source == "demo":
-    st.info(f"{ui.SYNTHETIC_BADGE} The built-in demo set is **synthetic**: generated chest-radiograph-like "
+    st.info(f"{state.SYNTHETIC_BADGE} The built-in demo set is **synthetic**: generated chest-radiograph-like "
             "images, not real X-rays. It lets the app and its tests run offline; its numbers say nothing "
             "about real pneumonia.", icon=":material/science:")
-    root = ui.demo_dataset_root(int(st.session_state.get("cfg.data.demo_images_per_class", 120)))
+    root = resources.demo_dataset_root(int(st.session_state.get("cfg.data.demo_images_per_class", 120)))
 elif source == "folder":
     st.text_input("Data set folder", key="cfg.data.path", placeholder="/path/to/chest_xray",
                   help="The Kaggle layout {train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg, or one folder per class.")
@@ -54,7 +54,7 @@ if not root:
     st.stop()
 
 try:
-    index = ui.dataset_index(root, ui.folder_mtime(root))
+    index = resources.dataset_index(root, resources.folder_mtime(root))
 except DatasetError as exc:
     st.error(str(exc), icon=":material/error:")
     st.stop()
@@ -67,7 +67,7 @@ cols[0].metric("Images", f"{total:,}")
 cols[1].metric("Patients", f"{index.patients():,}")
 cols[2].metric("Pneumonia : normal", f"{sum(c['PNEUMONIA'] for c in counts.values()) / max(1, sum(c['NORMAL'] for c in counts.values())):.2f} : 1")
 cols[3].metric("Problems found", len(index.problems))
-st.caption(f"Folder `{ui.short_path(index.root)}` · layout: {index.layout.replace('_', ' ')}")
+st.caption(f"Folder `{state.short_path(index.root)}` · layout: {index.layout.replace('_', ' ')}")
 
 left, right = st.columns([2, 3])
 with left:
@@ -89,7 +89,7 @@ with left:
                            for split, spread in spreads.items() if spread["widths"]])
         sizes.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="width (px)",
                             yaxis_title="height (px)", legend=dict(orientation="h", y=1.12))
-        ui.chart(sizes)
+        charts.chart(sizes)
 with right:
     fig = go.Figure([
         go.Bar(name=name, x=list(counts), y=[counts[split][name] for split in counts], text=[counts[split][name] for split in counts])
@@ -97,7 +97,7 @@ with right:
     ])
     fig.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=10, b=10),
                       yaxis_title="images", legend=dict(orientation="h", y=1.1))
-    ui.chart(fig)
+    charts.chart(fig)
 
 if index.problems:
     with st.expander(f":material/warning: {len(index.problems)} problem(s) found — unreadable files, duplicates, stray images",
@@ -117,10 +117,10 @@ for label, name in enumerate(CLASS_NAMES):
     if not records:
         st.warning(f"No {name} images in the {sample_split} split.")
         continue
-    st.markdown(f"**{name}** · {sample_split}" + (f" · {ui.SYNTHETIC_BADGE}" if index.layout == "demo" else ""))
+    st.markdown(f"**{name}** · {sample_split}" + (f" · {state.SYNTHETIC_BADGE}" if index.layout == "demo" else ""))
     grid = st.columns(8)
     for column, record in zip(grid, records):
-        thumb = ui.thumbnail(record.path)
+        thumb = resources.thumbnail(record.path)
         if thumb is None:
             column.error("unreadable")
         else:
@@ -136,7 +136,7 @@ st.caption("Training shows the network randomly altered copies of each X-ray. Mo
 def augmentation_preview(paths: list[str]) -> None:
     controls, grid = st.columns([1, 3])
     with controls:
-        ui.augmentation_controls()
+        state.augmentation_controls()
         position = st.session_state.get("augment_image", 0) % len(paths)
         if st.button("Another image", icon=":material/refresh:"):
             position = (position + 1) % len(paths)

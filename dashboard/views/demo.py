@@ -7,20 +7,20 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import CLASS_NAMES, ImageLoadError, decode_image, prepare_image
-from dashboard import ui
+from dashboard import charts, resources, state
 
 st.title("Demo")
 st.error("**For research and education only — this is not a diagnosis.** The model has not been validated "
          "for clinical use; never use it to guide patient care.", icon=":material/warning:")
-run = ui.pick_run()
+run = state.pick_run()
 if run is None:
     st.info("No trained model yet: train a run first.", icon=":material/stethoscope:")
     st.stop()
 
 config = run.config()
 threshold = run.threshold()
-if ui.is_synthetic(config):
-    st.caption(f"{ui.SYNTHETIC_BADGE} This model was trained on the **synthetic** demo set; "
+if state.is_synthetic(config):
+    st.caption(f"{state.SYNTHETIC_BADGE} This model was trained on the **synthetic** demo set; "
                "its answers on real X-rays mean nothing.")
 
 test_items = [(p["file"], p["label"]) for p in (run.metrics() or {}).get("predictions", [])]
@@ -50,7 +50,7 @@ if source == "Test images":
         st.error(f"Cannot read {file}: {exc.strerror or exc}", icon=":material/error:")
         st.stop()
 else:
-    upload = top[1].file_uploader("X-ray", type=ui.UPLOAD_TYPES, key="demo_upload",
+    upload = top[1].file_uploader("X-ray", type=resources.UPLOAD_TYPES, key="demo_upload",
                                   label_visibility="collapsed",
                                   help="Processed in memory, never stored; DICOM patient tags are not shown.")
     if upload is None:
@@ -65,14 +65,14 @@ except ImageLoadError as exc:
     st.error(f"This file cannot be used: {exc}", icon=":material/error:")
     st.stop()
 
-path, modified = ui.model_key(run)
-result = ui.explain_image(run.id, path, modified, ui.digest(data), image, "gradcam", None, threshold)
+path, modified = resources.model_key(run)
+result = resources.explain_image(run.id, path, modified, resources.digest(data), image, "gradcam", None, threshold)
 probability = result["probability"]
 pneumonia = probability >= threshold
 
 picture_col, verdict = st.columns([1, 1], gap="large")
 with picture_col:
-    picture = ui.display_image(gray, config.data.image_size, config.data.resize_mode)
+    picture = resources.display_image(gray, config.data.image_size, config.data.resize_mode)
     if show_heatmap:
         from core.explain import overlay
 
@@ -93,7 +93,7 @@ with verdict:
         ),
     ))
     gauge.update_layout(height=300, margin=dict(l=40, r=50, t=60, b=10))
-    ui.chart(gauge, key="gauge")
+    charts.chart(gauge, key="gauge")
     if pneumonia:
         st.markdown("## :red[:material/circle:] Signs of pneumonia")
     else:

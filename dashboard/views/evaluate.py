@@ -7,20 +7,21 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.data import CLASS_NAMES
 from core.evaluate import compute_metrics
-from dashboard import ui
+from dashboard import charts, resources, state
 
 st.title("Evaluate")
-run = ui.pick_run()
+run = state.pick_run()
 if run is None:
     st.info("Nothing to evaluate yet: train a run first.", icon=":material/monitoring:")
-    st.page_link(ui.PAGES["train"], label="Go to Train", icon=":material/model_training:")
+    st.page_link(state.PAGES["train"], label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 metrics = run.metrics()
 config = run.config()
 if not metrics or not metrics.get("predictions"):
-    st.warning(f"Run **{ui.run_title(run)}** has no test evaluation (metrics.json) yet. Runs are evaluated "
+    st.warning(f"Run **{charts.run_title(run)}** has no test evaluation (metrics.json) yet. Runs are evaluated "
                "on the test split when training finishes; run `python -m core.evaluate "
                f"{run.id}` to evaluate it by hand.", icon=":material/inbox:")
     st.stop()
@@ -31,9 +32,9 @@ probabilities = np.array([p["probability"] for p in predictions], dtype=float)
 run_threshold = float(metrics.get("threshold", run.threshold()))
 info = metrics.get("threshold_info") or {}
 
-st.caption(f"Run **{ui.run_title(run)}** · test split: {len(labels)} images, {int(labels.sum())} pneumonia, "
-           f"{metrics.get('n_patients', '?')} patients · data: {ui.data_label(config)}"
-           + (f" {ui.SYNTHETIC_BADGE}" if ui.is_synthetic(config) else ""))
+st.caption(f"Run **{charts.run_title(run)}** · test split: {len(labels)} images, {int(labels.sum())} pneumonia, "
+           f"{metrics.get('n_patients', '?')} patients · data: {state.data_label(config)}"
+           + (f" {state.SYNTHETIC_BADGE}" if state.is_synthetic(config) else ""))
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -64,18 +65,18 @@ def interval(key: str, as_pct: bool = True) -> str | None:
     lo, hi = ci.get(key, [None, None])
     if lo is None:
         return None
-    return f"95 % CI {ui.pct(lo, 0)}–{ui.pct(hi, 0)}" if as_pct else f"95 % CI {lo:.3f}–{hi:.3f}"
+    return f"95 % CI {charts.pct(lo, 0)}–{charts.pct(hi, 0)}" if as_pct else f"95 % CI {lo:.3f}–{hi:.3f}"
 
 
 cols = st.columns(6)
-cols[0].metric("Sensitivity", ui.pct(m["sensitivity"]), help="Pneumonia images called pneumonia (recall, TPR).")
-cols[1].metric("Specificity", ui.pct(m["specificity"]), help="Normal images called normal (TNR).")
-cols[2].metric("ROC AUC", ui.num(m["roc_auc"]), help="Does not depend on the threshold.")
-cols[3].metric("PR AUC", ui.num(m["pr_auc"]), help="Average precision; does not depend on the threshold.")
-cols[4].metric("Accuracy", ui.pct(m["accuracy"]),
+cols[0].metric("Sensitivity", charts.pct(m["sensitivity"]), help="Pneumonia images called pneumonia (recall, TPR).")
+cols[1].metric("Specificity", charts.pct(m["specificity"]), help="Normal images called normal (TNR).")
+cols[2].metric("ROC AUC", charts.num(m["roc_auc"]), help="Does not depend on the threshold.")
+cols[3].metric("PR AUC", charts.num(m["pr_auc"]), help="Average precision; does not depend on the threshold.")
+cols[4].metric("Accuracy", charts.pct(m["accuracy"]),
                help="Calling every image pneumonia already scores the share of pneumonia images "
-                    f"({ui.pct(m['n_positive'] / m['n']) if m['n'] else 'n/a'} here).")
-cols[5].metric("F1", ui.num(m["f1"]))
+                    f"({charts.pct(m['n_positive'] / m['n']) if m['n'] else 'n/a'} here).")
+cols[5].metric("F1", charts.num(m["f1"]))
 if ci:
     for column, key, as_pct in zip(cols, ("sensitivity", "specificity", "roc_auc", "pr_auc", "accuracy"),
                                    (True, True, False, False, True)):
@@ -96,54 +97,54 @@ with matrix_col:
                                texttemplate="%{text}", textfont=dict(size=18), colorscale="Blues", showscale=False))
     fig.update_layout(title="Confusion matrix", height=340, margin=dict(l=10, r=10, t=40, b=10),
                       yaxis=dict(autorange="reversed", title="true label"), xaxis=dict(side="bottom", title="called"))
-    ui.chart(fig, key="confusion")
+    charts.chart(fig, key="confusion")
 with roc_col:
     fig = go.Figure(go.Scatter(x=m["roc"]["fpr"], y=m["roc"]["tpr"], mode="lines", name="ROC",
-                               line=dict(color=ui.TRAIN_COLOUR)))
+                               line=dict(color=charts.TRAIN_COLOUR)))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="chance"))
     if m["specificity"] is not None and m["sensitivity"] is not None:
         fig.add_trace(go.Scatter(x=[1 - m["specificity"]], y=[m["sensitivity"]], mode="markers", name="threshold",
-                                 marker=dict(size=14, color=ui.VAL_COLOUR, line=dict(width=2, color="white"))))
-    fig.update_layout(title=f"ROC curve (AUC {ui.num(m['roc_auc'])})", height=340, margin=dict(l=10, r=10, t=40, b=10),
+                                 marker=dict(size=14, color=charts.VAL_COLOUR, line=dict(width=2, color="white"))))
+    fig.update_layout(title=f"ROC curve (AUC {charts.num(m['roc_auc'])})", height=340, margin=dict(l=10, r=10, t=40, b=10),
                       xaxis_title="1 − specificity", yaxis_title="sensitivity", showlegend=False)
-    ui.chart(fig, key="roc")
+    charts.chart(fig, key="roc")
 with pr_col:
-    fig = go.Figure(go.Scatter(x=m["pr"]["recall"], y=m["pr"]["precision"], mode="lines", line=dict(color=ui.TRAIN_COLOUR)))
+    fig = go.Figure(go.Scatter(x=m["pr"]["recall"], y=m["pr"]["precision"], mode="lines", line=dict(color=charts.TRAIN_COLOUR)))
     if m["precision"] is not None and m["sensitivity"] is not None:
         fig.add_trace(go.Scatter(x=[m["sensitivity"]], y=[m["precision"]], mode="markers", name="threshold",
-                                 marker=dict(size=14, color=ui.VAL_COLOUR, line=dict(width=2, color="white"))))
-    fig.update_layout(title=f"Precision–recall (AP {ui.num(m['pr_auc'])})", height=340, margin=dict(l=10, r=10, t=40, b=10),
+                                 marker=dict(size=14, color=charts.VAL_COLOUR, line=dict(width=2, color="white"))))
+    fig.update_layout(title=f"Precision–recall (AP {charts.num(m['pr_auc'])})", height=340, margin=dict(l=10, r=10, t=40, b=10),
                       xaxis_title="recall (sensitivity)", yaxis_title="precision", showlegend=False,
                       yaxis=dict(range=[0, 1.05]))
-    ui.chart(fig, key="pr")
+    charts.chart(fig, key="pr")
 
 cal_col, table_col = st.columns([1, 1])
 with cal_col:
     cal = m["calibration"]
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="perfect"))
     fig.add_trace(go.Scatter(x=cal["prob_pred"], y=cal["prob_true"], mode="lines+markers", name="this model",
-                             line=dict(color=ui.TRAIN_COLOUR),
+                             line=dict(color=charts.TRAIN_COLOUR),
                              text=[f"{n} images" for n in cal.get("count", [])], hovertemplate="%{text}<extra></extra>"))
-    fig.update_layout(title=f"Calibration (Brier {ui.num(cal.get('brier'))})", height=320,
+    fig.update_layout(title=f"Calibration (Brier {charts.num(cal.get('brier'))})", height=320,
                       margin=dict(l=10, r=10, t=40, b=10), xaxis_title="predicted probability",
                       yaxis_title="observed pneumonia fraction", showlegend=False)
-    ui.chart(fig, key="calibration")
+    charts.chart(fig, key="calibration")
 with table_col:
     st.markdown("**At the run's threshold vs at 0.5**")
     half = metrics.get("at_0.5") or {}
     rows = {"": ["sensitivity", "specificity", "accuracy", "precision", "F1"]}
     table = {
-        f"threshold {run_threshold:.3f}": [ui.pct(metrics.get(k)) if k != "f1" else ui.num(metrics.get(k))
+        f"threshold {run_threshold:.3f}": [charts.pct(metrics.get(k)) if k != "f1" else charts.num(metrics.get(k))
                                            for k in ("sensitivity", "specificity", "accuracy", "precision", "f1")],
-        "threshold 0.5": [ui.pct(half.get(k)) if k != "f1" else ui.num(half.get(k))
+        "threshold 0.5": [charts.pct(half.get(k)) if k != "f1" else charts.num(half.get(k))
                           for k in ("sensitivity", "specificity", "accuracy", "precision", "f1")],
     }
     st.dataframe({**rows, **table}, hide_index=True, width="stretch")
     groups = metrics.get("subgroups") or {}
     if groups:
         st.markdown("**Sensitivity per pneumonia type** (at the run's threshold)")
-        st.dataframe([{"type": name, "images": g["n"], "missed": g["missed"], "sensitivity": ui.pct(g["sensitivity"]),
-                       "95 % CI": (f"{ui.pct(g['sensitivity_ci'][0], 0)}–{ui.pct(g['sensitivity_ci'][1], 0)}"
+        st.dataframe([{"type": name, "images": g["n"], "missed": g["missed"], "sensitivity": charts.pct(g["sensitivity"]),
+                       "95 % CI": (f"{charts.pct(g['sensitivity_ci'][0], 0)}–{charts.pct(g['sensitivity_ci'][1], 0)}"
                                    if (g.get("sensitivity_ci") or [None])[0] is not None else "—")}
                       for name, g in groups.items()], hide_index=True, width="stretch")
 
@@ -164,8 +165,8 @@ else:
     for start in range(0, len(items), per_row):
         for column, (i, p) in zip(st.columns(per_row), items[start:start + per_row]):
             with column:
-                thumb = ui.thumbnail(p["file"])
-                truth = ui.CLASS_NAMES[p["label"]]
+                thumb = resources.thumbnail(p["file"])
+                truth = CLASS_NAMES[p["label"]]
                 if thumb is not None:
                     st.image(thumb, width="stretch")
                 else:
@@ -173,4 +174,4 @@ else:
                 st.caption(f"{Path(p['file']).name}  \ntrue **{truth}** · P(pneumonia) {p['probability']:.2f}")
                 if st.button("Explain", key=f"explain-{i}", icon=":material/search_insights:", width="stretch"):
                     st.session_state["explain_file"] = p["file"]
-                    st.switch_page(ui.PAGES["explain"])
+                    st.switch_page(state.PAGES["explain"])

@@ -7,20 +7,20 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import CLASS_NAMES, ImageLoadError, decode_image, prepare_image
-from dashboard import ui
+from dashboard import charts, resources, state
 
 st.title("Explain")
-run = ui.pick_run()
+run = state.pick_run()
 if run is None:
     st.info("No trained model yet: train a run first.", icon=":material/search_insights:")
-    st.page_link(ui.PAGES["train"], label="Go to Train", icon=":material/model_training:")
+    st.page_link(state.PAGES["train"], label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 config = run.config()
 threshold = run.threshold()
 size, resize_mode = config.data.image_size, config.data.resize_mode
-st.caption(f"Run **{ui.run_title(run)}** · {config.model.backbone} at {size} px · threshold {threshold:.3f} · "
-           f"trained on {ui.data_label(config)}" + (f" {ui.SYNTHETIC_BADGE}" if ui.is_synthetic(config) else ""))
+st.caption(f"Run **{charts.run_title(run)}** · {config.model.backbone} at {size} px · threshold {threshold:.3f} · "
+           f"trained on {state.data_label(config)}" + (f" {state.SYNTHETIC_BADGE}" if state.is_synthetic(config) else ""))
 
 # ---------------------------------------------------------------------------------- choose an image
 test_items = [(p["file"], p["label"]) for p in (run.metrics() or {}).get("predictions", [])]
@@ -47,7 +47,7 @@ if source == "Pick from the test split":
         st.error(f"Cannot read {chosen}: {exc.strerror or exc}", icon=":material/error:")
         st.stop()
 else:
-    upload = st.file_uploader("X-ray (JPEG, PNG or DICOM)", type=ui.UPLOAD_TYPES, key="explain_upload",
+    upload = st.file_uploader("X-ray (JPEG, PNG or DICOM)", type=resources.UPLOAD_TYPES, key="explain_upload",
                               help="Processed in memory and never stored. DICOM patient tags are not read out or shown.")
     if upload is None:
         st.info("Upload a frontal chest X-ray, or pick one from the test split.", icon=":material/upload:")
@@ -60,13 +60,13 @@ try:
 except ImageLoadError as exc:
     st.error(f"This file cannot be used: {exc}", icon=":material/error:")
     st.stop()
-image_hash = ui.digest(data)
+image_hash = resources.digest(data)
 
 # ---------------------------------------------------------------------------------- method and layer
 from core.explain import CAM_METHODS, COLORMAPS, cam_layer_choices, colorize, overlay  # noqa: E402  (TensorFlow)
 
-path, modified = ui.model_key(run)
-model = ui.load_model(path, modified)
+path, modified = resources.model_key(run)
+model = resources.load_model(path, modified)
 controls = st.columns([3, 2, 2, 1])
 st.session_state.setdefault("explain_method", "gradcam")
 method = controls[0].segmented_control("Method", list(CAM_METHODS), format_func=CAM_METHODS.get, key="explain_method", help="Grad-CAM is fastest; Score-CAM needs no gradients.")
@@ -78,7 +78,7 @@ opacity = controls[2].slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="expla
 colormap = controls[3].selectbox("Colours", COLORMAPS, key="explain_colormap")
 
 try:
-    result = ui.explain_image(run.id, path, modified, image_hash, image, method, layer, threshold)
+    result = resources.explain_image(run.id, path, modified, image_hash, image, method, layer, threshold)
 except (ValueError, RuntimeError) as exc:
     st.error(f"Could not compute the heatmap: {exc}", icon=":material/error:")
     st.stop()
@@ -91,22 +91,22 @@ cols[1].metric(f"Label at threshold {threshold:.2f}", called)
 cols[2].metric("True label", CLASS_NAMES[truth] if truth is not None else "unknown")
 cols[3].metric("Heatmap shows evidence for", result["explained"].upper())
 
-picture = ui.display_image(gray, size, resize_mode)
+picture = resources.display_image(gray, size, resize_mode)
 blend = overlay(picture, result["cam"], opacity, colormap)
 left, middle, right = st.columns(3)
 left.image(picture, caption=f"X-ray ({name})", width="stretch")
 middle.image(colorize(result["cam"], colormap), caption=f"{CAM_METHODS[method]} heatmap · layer {layer}", width="stretch")
 right.image(blend, caption=f"Overlay (opacity {opacity:.2f})", width="stretch")
-right.download_button("Download overlay (PNG)", ui.png_bytes(blend), file_name=f"{Path(name).stem}-{method}-overlay.png",
+right.download_button("Download overlay (PNG)", resources.png_bytes(blend), file_name=f"{Path(name).stem}-{method}-overlay.png",
                       mime="image/png", icon=":material/download:", width="stretch")
 
 # ---------------------------------------------------------------------------------- faithfulness
 st.subheader("Does the heatmap matter to the model?")
-score = ui.faithfulness(run.id, path, modified, image_hash, image, result["cam"], method, layer, threshold)
+score = resources.faithfulness(run.id, path, modified, image_hash, image, result["cam"], method, layer, threshold)
 cls = score["explained"].upper()
 fig = go.Figure(go.Bar(
     x=[score["drop"], score["random_drop"]], y=["10 % most highlighted pixels", "10 % random pixels"], orientation="h",
-    marker_color=[ui.VAL_COLOUR, "gray"], text=[f"{score['drop']:+.3f}", f"{score['random_drop']:+.3f}"],
+    marker_color=[charts.VAL_COLOUR, "gray"], text=[f"{score['drop']:+.3f}", f"{score['random_drop']:+.3f}"],
     textposition="auto"))
 fig.update_layout(height=200, margin=dict(l=10, r=10, t=30, b=10),
                   title=f"Drop in P({cls}) when these pixels are blurred out", xaxis_title="probability drop")
@@ -120,4 +120,4 @@ with text:
                 f"when the top {score['fraction']:.0%} of the heatmap is blurred out. {verdict}")
     st.caption("A deletion test in the spirit of ROAR (Hooker et al. 2019) and ROAD (Rong et al. 2022), without retraining.")
 with chart:
-    ui.chart(fig, key="faithfulness")
+    charts.chart(fig, key="faithfulness")

@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 
 from core.backbones import BACKBONES
 from core.runs import Run, RunError
-from dashboard import ui
+from dashboard import charts, state
 
 EXPORT_FORMATS = {"keras": ("Keras (.keras)", "application/octet-stream"),
                   "savedmodel": ("SavedModel (.zip)", "application/zip"),
@@ -16,10 +16,10 @@ EXPORT_FORMATS = {"keras": ("Keras (.keras)", "application/octet-stream"),
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
 
 st.title("Runs")
-runs = ui.store().list()
+runs = state.store().list()
 if not runs:
     st.info("The run store is empty. Start a run on the **Train** page.", icon=":material/table_rows:")
-    st.page_link(ui.PAGES["train"], label="Go to Train", icon=":material/model_training:")
+    st.page_link(state.PAGES["train"], label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 
@@ -28,10 +28,10 @@ def summary(run: Run) -> dict:
     try:
         config = run.config()
     except Exception as exc:  # noqa: BLE001 - a hand-edited config.json must not hide the other runs
-        return {"run": ui.run_title(run), "state": f"unreadable config: {exc}", "id": run.id}
+        return {"run": charts.run_title(run), "state": f"unreadable config: {exc}", "id": run.id}
     metrics = run.metrics() or {}
     return {
-        "run": ui.run_title(run),
+        "run": charts.run_title(run),
         "state": status.state,
         "backbone": BACKBONES[config.model.backbone].label if config.model.backbone in BACKBONES else config.model.backbone,
         "size": config.data.image_size,
@@ -41,7 +41,7 @@ def summary(run: Run) -> dict:
         "test AUC": metrics.get("roc_auc"),
         "sensitivity": metrics.get("sensitivity"),
         "specificity": metrics.get("specificity"),
-        "data": "synthetic demo" if ui.is_synthetic(config) else config.data.source,
+        "data": "synthetic demo" if state.is_synthetic(config) else config.data.source,
         "id": run.id,
     }
 
@@ -57,7 +57,7 @@ st.dataframe(table, hide_index=True, width="stretch", column_config={
 by_id = {run.id: run for run in runs}
 default = [run.id for run in runs if run.metrics()][:2]
 selected = st.multiselect("Select runs to compare, download or delete", list(by_id), default=default, key="runs_selected",
-                          format_func=lambda rid: f"{ui.run_title(by_id[rid])} ({by_id[rid].status().state})")
+                          format_func=lambda rid: f"{charts.run_title(by_id[rid])} ({by_id[rid].status().state})")
 chosen = [by_id[rid] for rid in selected if rid in by_id]
 if not chosen:
     st.caption("Select one or more runs above.")
@@ -70,7 +70,7 @@ for i, run in enumerate(chosen):
     epochs = run.epochs()
     colour = PALETTE[i % len(PALETTE)]
     x = [row["epoch"] for row in epochs]
-    name = ui.run_title(run)
+    name = charts.run_title(run)
     fig.add_trace(go.Scatter(x=x, y=[row.get("val_auc") for row in epochs], name=name, legendgroup=name,
                              mode="lines+markers", line=dict(color=colour)), row=1, col=1)
     fig.add_trace(go.Scatter(x=x, y=[row.get("val_loss") for row in epochs], name=name, legendgroup=name, showlegend=False,
@@ -79,13 +79,13 @@ for i, run in enumerate(chosen):
                              mode="lines", line=dict(color=colour, dash="dot")), row=1, col=2)
 fig.update_xaxes(title_text="epoch")
 fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
-ui.chart(fig, key="compare")
+charts.chart(fig, key="compare")
 
 st.subheader("Settings side by side")
 settings = {}
 for run in chosen:
     try:
-        settings[ui.run_title(run)] = ui.flatten(run.config().to_dict())
+        settings[charts.run_title(run)] = state.flatten(run.config().to_dict())
     except Exception:  # noqa: BLE001
         continue
 frame = pd.DataFrame(settings).astype(str)
@@ -106,13 +106,13 @@ def exported(run_id: str, modified: float, fmt: str) -> tuple[bytes, str]:
     """Export a run's model once per model version; returns the file's bytes and name."""
     from core.export import export_run
 
-    path = export_run(ui.store().get(run_id), fmt)
+    path = export_run(state.store().get(run_id), fmt)
     return path.read_bytes(), path.name
 
 
 for run in chosen:
     status = run.status()
-    with st.expander(f"{ui.run_title(run)} {ui.state_badge(status.state)}", expanded=len(chosen) == 1):
+    with st.expander(f"{charts.run_title(run)} {charts.state_badge(status.state)}", expanded=len(chosen) == 1):
         if status.state == "failed" and status.error:
             st.error(f"Training failed: {status.error}", icon=":material/error:")
         cols = st.columns(4)
@@ -120,9 +120,9 @@ for run in chosen:
                                 mime="application/json", key=f"config-{run.id}", icon=":material/download:", width="stretch")
         if cols[1].button("Use these settings", key=f"use-{run.id}", icon=":material/model_training:", width="stretch",
                           help="Load this run's settings into the Train page."):
-            ui.apply_config(run.config())
+            state.apply_config(run.config())
             st.session_state["preset"] = None
-            st.switch_page(ui.PAGES["train"])
+            st.switch_page(state.PAGES["train"])
         if run.model_path.is_file():
             modified = run.model_path.stat().st_mtime
             fmt = cols[2].selectbox("Model format", list(EXPORT_FORMATS), key=f"fmt-{run.id}",
@@ -146,10 +146,10 @@ for run in chosen:
         if st.button("Delete run", key=f"delete-{run.id}", icon=":material/delete:", disabled=not confirm or status.active,
                      help="Stop a running run first." if status.active else None):
             try:
-                ui.store().delete(run.id)
+                state.store().delete(run.id)
             except RunError as exc:
                 st.error(str(exc))
             else:
                 st.session_state.pop("runs_selected", None)
-                st.toast(f"Deleted {ui.run_title(run)}")
+                st.toast(f"Deleted {charts.run_title(run)}")
                 st.rerun()

@@ -12,7 +12,7 @@ from core.backbones import BACKBONES
 from core.config import PRESETS, ConfigError, RunConfig, preset
 from core.data import DatasetError
 from core.runs import Run, RunError
-from dashboard import ui
+from dashboard import charts, resources, state
 
 IMAGE_SIZES = [32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512]
 BATCH_SIZES = [4, 8, 16, 32, 64, 128, 256]
@@ -28,7 +28,7 @@ st.caption("Pick a preset or tune the settings, start training, and watch it lea
 # ---------------------------------------------------------------------------------- live run
 def _focus_run() -> Run | None:
     """The run to show live: an active one first, else the one this session started last, else the newest."""
-    runs = ui.store().list()
+    runs = state.store().list()
     active = [run for run in runs if run.status().active]
     mine = st.session_state.get("train_run_id")
     for run in active:
@@ -37,7 +37,7 @@ def _focus_run() -> Run | None:
     if active:
         return active[0]
     # After a restart or in a new tab: the run this session started, else the newest run in the store.
-    return ui.run_or_none(mine) or (runs[0] if runs else None)
+    return state.run_or_none(mine) or (runs[0] if runs else None)
 
 
 def _device_text(device: dict) -> str:
@@ -64,9 +64,9 @@ def live_panel(run: Run) -> None:
             st.rerun()  # the run just ended: redraw the page once, without the timer
         with st.container(border=True):
             head, buttons = st.columns([3, 2])
-            head.markdown(f"### {ui.run_title(run)} {ui.state_badge(status.state)}")
+            head.markdown(f"### {charts.run_title(run)} {charts.state_badge(status.state)}")
             head.caption(f"Run `{run.id}`"
-                         + (f" · {ui.data_label(run.config())}" if (run.path / 'config.json').exists() else ""))
+                         + (f" · {state.data_label(run.config())}" if (run.path / 'config.json').exists() else ""))
             with buttons:
                 if status.active:
                     if run.stop_requested():
@@ -80,11 +80,11 @@ def live_panel(run: Run) -> None:
                 elif status.state == "finished":
                     if st.button("Evaluate this run", key=f"eval-{run.id}", icon=":material/monitoring:", type="primary"):
                         st.session_state["run_id"] = run.id
-                        st.switch_page(ui.PAGES["evaluate"])
+                        st.switch_page(state.PAGES["evaluate"])
                 elif status.state in ("interrupted", "stopped"):
                     if st.button("Resume", key=f"resume-{run.id}", icon=":material/play_arrow:",
                                  help="Continue from the last completed epoch.",
-                                 disabled=any(r.status().active for r in ui.store().list())):
+                                 disabled=any(r.status().active for r in state.store().list())):
                         try:
                             run.launch(resume=True)
                         except RunError as exc:
@@ -98,8 +98,8 @@ def live_panel(run: Run) -> None:
                      "evaluate": "test evaluation"}.get(status.phase, status.phase or "—")
             cols[1].metric("Phase", "done" if status.state == "finished" else phase)
             cols[2].metric("Images / s", f"{status.images_per_sec:.0f}" if status.images_per_sec else "—")
-            cols[3].metric("Time left", ui.duration(status.eta_seconds) if status.active else "—")
-            cols[4].metric("Best val AUC", ui.num(status.best_val_auc))
+            cols[3].metric("Time left", charts.duration(status.eta_seconds) if status.active else "—")
+            cols[4].metric("Best val AUC", charts.num(status.best_val_auc))
             st.markdown(_device_text(status.device))
             if status.state == "failed":
                 st.error(f"Training failed: {status.error or 'no reason recorded'}", icon=":material/error:")
@@ -111,13 +111,13 @@ def live_panel(run: Run) -> None:
                 st.info(status.message or "Stopped by request.", icon=":material/stop_circle:")
             elif status.state == "finished":
                 metrics = run.metrics() or {}
-                st.success(f"Finished. Test set: sensitivity {ui.pct(metrics.get('sensitivity'))}, "
-                           f"specificity {ui.pct(metrics.get('specificity'))}, ROC AUC {ui.num(metrics.get('roc_auc'))}.",
+                st.success(f"Finished. Test set: sensitivity {charts.pct(metrics.get('sensitivity'))}, "
+                           f"specificity {charts.pct(metrics.get('specificity'))}, ROC AUC {charts.num(metrics.get('roc_auc'))}.",
                            icon=":material/check_circle:")
             epochs = run.epochs()
             steps = run.history("step") if status.active else None
             if epochs or steps:
-                ui.chart(ui.training_curves(epochs, steps), key=f"curves-{run.id}")
+                charts.chart(charts.training_curves(epochs, steps), key=f"curves-{run.id}")
             elif status.active:
                 st.caption("Curves appear after the first epoch.")
 
@@ -128,13 +128,13 @@ focus = _focus_run()
 if focus is not None:
     live_panel(focus)
 
-any_active = any(run.status().active for run in ui.store().list())
+any_active = any(run.status().active for run in state.store().list())
 
 # ---------------------------------------------------------------------------------- presets
 def _use_preset(name: str) -> None:
     """Apply a preset's settings, keeping a real data folder the user picked on the Data page."""
     chosen = {key: st.session_state.get(key) for key in ("cfg.data.source", "cfg.data.path")}
-    ui.apply_config(preset(name))
+    state.apply_config(preset(name))
     if chosen["cfg.data.source"] in ("folder", "kaggle") and chosen["cfg.data.path"]:
         st.session_state.update(chosen)
     st.session_state["preset"] = name
@@ -171,8 +171,8 @@ def show_estimate(config: RunConfig, key: str) -> None:
         if "error" in result:
             st.error(result["error"])
         else:
-            per_epoch = ", ".join(f"{name} {ui.duration(sec)}" for name, sec in result["seconds_per_epoch"].items())
-            st.markdown(f":material/timer: **about {ui.duration(result['total_seconds'])}** on this machine "
+            per_epoch = ", ".join(f"{name} {charts.duration(sec)}" for name, sec in result["seconds_per_epoch"].items())
+            st.markdown(f":material/timer: **about {charts.duration(result['total_seconds'])}** on this machine "
                         f"({per_epoch} per epoch)")
             st.caption(result["note"])
     if st.button("Measure on this machine" if text not in known else "Measure again", key=key, icon=":material/timer:",
@@ -191,7 +191,7 @@ preset_columns = st.columns(len(PRESETS))
 for column, name in zip(preset_columns, PRESETS):
     config = preset(name)
     with column.container(border=True):
-        st.markdown(f"**{name}**" + (" · :orange-badge[synthetic data]" if ui.is_synthetic(config) else ""))
+        st.markdown(f"**{name}**" + (" · :orange-badge[synthetic data]" if state.is_synthetic(config) else ""))
         st.caption(PRESET_TEXT.get(name, ""))
         show_estimate(config, key=f"estimate-{name}")
         st.button("Use this preset", key=f"use-{name}", type="primary" if st.session_state.get("preset") == name else "secondary",
@@ -255,7 +255,7 @@ with model_tab:
                       help="Blocks below stay frozen; this block and everything above it train in the fine-tune phase.")
         block = int(st.session_state["cfg.model.unfreeze_from_block"])
         try:
-            rows = ui.layer_rows(ui.current_config().model)
+            rows = resources.layer_rows(state.current_config().model)
         except (ConfigError, ValueError) as exc:
             st.error(str(exc))
             rows = []
@@ -274,9 +274,9 @@ with data_tab:
     left, right = st.columns(2)
     with left:
         source = st.session_state.get("cfg.data.source", "demo")
-        st.markdown(f"**Data:** {ui.data_label(ui.current_config())}"
-                    + (f" {ui.SYNTHETIC_BADGE}" if source == "demo" else ""))
-        st.page_link(ui.PAGES["data"], label="Change the data source on the Data page", icon=":material/dataset:")
+        st.markdown(f"**Data:** {state.data_label(state.current_config())}"
+                    + (f" {state.SYNTHETIC_BADGE}" if source == "demo" else ""))
+        st.page_link(state.PAGES["data"], label="Change the data source on the Data page", icon=":material/dataset:")
         st.select_slider("Image size (px)", IMAGE_SIZES, key="cfg.data.image_size")
         st.radio("Resize", ["stretch", "letterbox"], key="cfg.data.resize_mode", horizontal=True,
                  help="Letterbox keeps the aspect ratio and pads with black.")
@@ -288,7 +288,7 @@ with data_tab:
                         key="cfg.data.max_images_per_class", help="A balanced subset for quick runs.")
     with right:
         st.markdown("**Augmentation** (also on the Data page, with a preview)")
-        ui.augmentation_controls(flip_help=False)
+        state.augmentation_controls(flip_help=False)
 
 with schedule_tab:
     head_col, fine_col, other_col = st.columns(3)
@@ -323,7 +323,7 @@ with schedule_tab:
 st.subheader("Start")
 problem = None
 try:
-    config = ui.current_config().validate()
+    config = state.current_config().validate()
 except ConfigError as exc:
     config, problem = None, str(exc)
 
@@ -336,7 +336,7 @@ with left:
         st.markdown(f"**{BACKBONES[config.model.backbone].label}** at {config.data.image_size} px, "
                     f"weights *{config.model.weights}*, {epochs} epochs "
                     f"({config.train.head.epochs} head + {config.train.finetune.epochs} fine-tune), "
-                    f"batch {config.train.batch_size}, data: {ui.data_label(config)}.")
+                    f"batch {config.train.batch_size}, data: {state.data_label(config)}.")
         show_estimate(config, key="estimate-current")
 with right:
     if any_active:
@@ -344,7 +344,7 @@ with right:
                 "two trainings would share this machine's cores.", icon=":material/hourglass_top:")
     if st.button("Start training", type="primary", icon=":material/rocket_launch:", disabled=bool(problem) or any_active, width="stretch"):
         try:
-            run = ui.store().create(config)
+            run = state.store().create(config)
             run.launch()
         except (ConfigError, RunError, OSError) as exc:
             st.error(f"Could not start: {exc}")

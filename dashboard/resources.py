@@ -1,0 +1,137 @@
+"""Dashboard cached resources: data set indexes, images for the screen, loaded models and explanations.
+
+Heavy modules (TensorFlow via ``core.model`` / ``core.explain``) are imported inside the cached
+functions that need them, so pages that do not touch a model appear at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from core.runs import Run
+
+# File types the uploaders accept (decoded by core.data.decode_image, in memory only).
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "tif", "tiff", "webp"]
+
+
+# --------------------------------------------------------------------------------- data
+@st.cache_data(show_spinner="Preparing the synthetic demo set…")
+def demo_dataset_root(images_per_class: int = 120) -> str:
+    """Generate (first time only) the synthetic demo set the demo runs use; returns its folder."""
+    from core.demo import ensure_demo_dataset
+
+    return str(ensure_demo_dataset(images_per_class=images_per_class))
+
+
+@st.cache_data(show_spinner="Indexing the data set…", max_entries=8)
+def dataset_index(path: str, modified: float):
+    """``core.data.find_dataset`` for a folder, cached per path and folder modification time."""
+    from core.data import find_dataset
+
+    return find_dataset(path)
+
+
+def folder_mtime(path: str) -> float:
+    try:
+        return Path(path).expanduser().stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def display_image(gray: np.ndarray, model_size: int, resize_mode: str, largest: int = 512) -> np.ndarray:
+    """The X-ray as the model sees it (same framing), at a resolution fit for the screen."""
+    from core.data import prepare_image
+
+    side = int(max(model_size, min(largest, max(gray.shape[:2]))))
+    return prepare_image(gray, side, resize_mode)[..., 0].astype(np.uint8)
+
+
+@st.cache_data(max_entries=2048, show_spinner=False)
+def thumbnail(path: str, size: int = 160) -> np.ndarray | None:
+    """A small uint8 grayscale copy of an image file, or None when it cannot be read."""
+    from core.data import ImageLoadError, decode_image, prepare_image
+
+    try:
+        gray = decode_image(Path(path).read_bytes(), path)
+    except (ImageLoadError, OSError):
+        return None
+    return prepare_image(gray, size, "letterbox")[..., 0].astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------- models
+_model_lock = threading.Lock()
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def load_model(path: str, modified: float):
+    """A saved classifier, loaded once per file version and shared by all sessions."""
+    from core.model import load_model as load
+
+    return load(path)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Preparing the explainer…")
+def explainer(path: str, modified: float, layer: str | None, threshold: float):
+    from core.explain import Explainer
+
+    return Explainer(load_model(path, modified), layer=layer, threshold=threshold)
+
+
+def model_key(run: Run) -> tuple[str, float]:
+    return str(run.model_path), run.model_path.stat().st_mtime
+
+
+@st.cache_data(max_entries=256, show_spinner="Computing the heatmap…")
+def explain_image(run_id: str, path: str, modified: float, image_hash: str, _image: np.ndarray,
+                  method: str, layer: str, threshold: float) -> dict[str, Any]:
+    """Probability and CAM for one image, cached per (run, image hash, method, layer)."""
+    result = explainer(path, modified, layer, threshold).explain(_image, method)
+    return {"probability": result.probability, "cam": result.cam, "layer": result.layer,
+            "explained": result.explained}
+
+
+@st.cache_data(max_entries=256, show_spinner="Checking the heatmap's faithfulness…")
+def faithfulness(run_id: str, path: str, modified: float, image_hash: str, _image: np.ndarray,
+                 _cam: np.ndarray, method: str, layer: str, threshold: float) -> dict[str, Any]:
+    from core.explain import deletion_score
+
+    return deletion_score(load_model(path, modified), _image, _cam, threshold=threshold)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Building the layer table…")
+def _skeleton(backbone: str, alpha: float | None):
+    """The classifier without weights (parameter counts do not depend on weights or image size)."""
+    from core.config import ModelConfig
+    from core.model import build_classifier
+
+    return build_classifier(ModelConfig(backbone=backbone, weights="none", alpha=alpha), 64)
+
+
+def layer_rows(model_cfg) -> list[dict[str, Any]]:
+    """The per-block table for the fine-tune phase under the chosen unfreeze depth."""
+    from core.model import layer_table, set_trainable
+
+    model = _skeleton(model_cfg.backbone, model_cfg.alpha)
+    with _model_lock:  # the skeleton is shared; set_trainable mutates it
+        set_trainable(model, model_cfg, "finetune")
+        rows = layer_table(model, model_cfg.backbone)
+    return [{"block": row.label, "layers": row.layers, "parameters": row.params,
+             "trainable parameters": row.trainable_params, "trainable": row.trainable} for row in rows]

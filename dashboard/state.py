@@ -1,0 +1,165 @@
+"""Dashboard session state: the settings widgets' values across pages, the chosen run, the sidebar."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core.config import PRESETS, RunConfig, preset
+from core.runs import Run, RunError, RunStore
+from dashboard.charts import run_title
+
+NOTICE = "**Research and education only — not for diagnosis.** Predictions and heatmaps must not guide patient care."
+SYNTHETIC_BADGE = ":orange-badge[synthetic]"
+PAGES = {
+    "data": "views/data.py",
+    "train": "views/train.py",
+    "runs": "views/runs.py",
+    "evaluate": "views/evaluate.py",
+    "explain": "views/explain.py",
+    "demo": "views/demo.py",
+}
+SETTING_PREFIX = "cfg."
+
+
+# --------------------------------------------------------------------------------- the run store
+def store() -> RunStore:
+    """The run store (``$CXR_STUDIO_RUNS`` or ``models/``); cheap, read fresh on every call."""
+    return RunStore()
+
+
+def run_or_none(run_id: str | None) -> Run | None:
+    if not run_id:
+        return None
+    try:
+        return store().get(run_id)
+    except RunError:
+        return None
+
+
+def is_synthetic(config: RunConfig) -> bool:
+    return config.data.source == "demo"
+
+
+def data_label(config: RunConfig) -> str:
+    """The data source in words; the demo set always says it is synthetic."""
+    if config.data.source == "demo":
+        return "built-in demo set (synthetic, not real X-rays)"
+    if config.data.source == "kaggle":
+        return f"Kaggle chest X-ray{f' at {config.data.path}' if config.data.path else ''}"
+    return f"{config.data.source} {config.data.path or ''}".strip()
+
+
+def usable_runs() -> list[Run]:
+    """Runs with a trained model, newest first (what Evaluate, Explain and Demo can show)."""
+    return [run for run in store().list() if run.model_path.is_file() and not run.status().active]
+
+
+def pick_run() -> Run | None:
+    """The shared sidebar run picker; defaults to the newest finished run, remembered across pages."""
+    runs = usable_runs()
+    with st.sidebar:
+        if not runs:
+            st.info("No trained run yet. Start one on the **Train** page.")
+            return None
+        ids = [run.id for run in runs]
+        chosen = st.session_state.get("run_id")
+        if chosen not in ids:
+            finished = [run.id for run in runs if run.status().state == "finished"]
+            chosen = (finished or ids)[0]
+            st.session_state["run_id"] = chosen
+        by_id = {run.id: run for run in runs}
+
+        def remember():
+            st.session_state["run_id"] = st.session_state["_run_picker"]
+
+        st.session_state["_run_picker"] = chosen
+        st.selectbox("Run", ids, key="_run_picker", on_change=remember,
+                     format_func=lambda rid: run_title(by_id[rid]),
+                     help="The trained run shown on Evaluate, Explain and Demo.")
+    return by_id[chosen]
+
+
+def short_path(path: str | Path) -> str:
+    """A path as a person reads it: relative to where the app runs, or with ``~`` for home."""
+    path = Path(path).resolve()
+    for base, shown in ((Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
+        try:
+            return shown + str(path.relative_to(base)) if path != base else (shown or ".")
+        except ValueError:
+            continue
+    return str(path)
+
+
+def sidebar_notice() -> None:
+    with st.sidebar:
+        st.warning(NOTICE, icon=":material/warning:")
+        st.caption(f"Run store: `{short_path(store().root)}`")
+
+# --------------------------------------------------------------------------------- settings state
+def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"head": {"epochs": 2}}}`` → ``{"train.head.epochs": 2}``."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings_of(config: RunConfig) -> dict[str, Any]:
+    """Widget keys and values that describe ``config`` (``cfg.<dotted setting>`` plus the weights choice)."""
+    values = {SETTING_PREFIX + key: value for key, value in flatten(config.to_dict()).items()}
+    weights = config.model.weights
+    values["weights_choice"] = weights if weights in ("imagenet", "none") else "file"
+    values["weights_file"] = "" if weights in ("imagenet", "none") else weights
+    return values
+
+
+def apply_config(config: RunConfig) -> None:
+    """Put every setting of ``config`` into the widgets' session state (call from a widget callback)."""
+    st.session_state.update(settings_of(config))
+
+
+def init_settings() -> None:
+    """Default settings once per session (the quick preset); keep them alive across pages.
+
+    Streamlit drops a widget's value when a page without that widget runs. The settings are
+    therefore mirrored in ``_saved_settings`` at the start of every run and put back from it.
+    """
+    saved = st.session_state.setdefault("_saved_settings", {})
+    if not saved:
+        saved.update(settings_of(preset("Quick CPU demo")))
+        st.session_state.setdefault("preset", "Quick CPU demo")
+    for key in saved:
+        if key in st.session_state:
+            saved[key] = st.session_state[key]
+        st.session_state[key] = saved[key]
+
+
+def current_config() -> RunConfig:
+    """The RunConfig described by the widgets (not validated)."""
+    values = {key[len(SETTING_PREFIX):]: value for key, value in st.session_state.items()
+              if key.startswith(SETTING_PREFIX)}
+    choice = st.session_state.get("weights_choice", "imagenet")
+    values["model.weights"] = st.session_state.get("weights_file", "").strip() if choice == "file" else choice
+    return RunConfig().with_overrides(**values)
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def augmentation_controls(flip_help: bool = True) -> None:
+    """The augmentation sliders; their keys are shared by the Data preview and the Train settings."""
+    st.slider("Rotation (± degrees)", 0.0, 45.0, step=1.0, key="cfg.augment.rotation_degrees")
+    st.slider("Zoom (± fraction)", 0.0, 0.5, step=0.01, key="cfg.augment.zoom")
+    st.slider("Shift (± fraction of the side)", 0.0, 0.5, step=0.01, key="cfg.augment.shift")
+    st.slider("Brightness (±)", 0.0, 0.5, step=0.01, key="cfg.augment.brightness")
+    st.slider("Contrast (±)", 0.0, 0.5, step=0.01, key="cfg.augment.contrast")
+    st.slider("Noise (std, pixel units)", 0.0, 50.0, step=1.0, key="cfg.augment.noise_std")
+    st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip",
+                help="Off by default: the heart is on the left, so a flipped chest is not a real anatomy."
+                if flip_help else None)
