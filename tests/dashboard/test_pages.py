@@ -260,7 +260,6 @@ def test_explain_non_image_upload_shows_a_clear_message(runs_env):
 
 
 def test_dicom_patient_tags_are_never_displayed(runs_env, tmp_path):
-    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
