@@ -23,7 +23,7 @@ DataSource = Literal["demo", "folder", "kaggle", "medmnist"]
 ResizeMode = Literal["stretch", "letterbox"]
 Validation = Literal["patient_split", "official"]
 CacheMode = Literal["memory", "disk", "none"]
-ThresholdMethod = Literal["youden", "sensitivity"]
+ThresholdMethod = Literal["youden", "robust_youden", "youden_midpoint", "sensitivity", "fixed"]
 Device = Literal["auto", "cpu", "gpu", "mirrored", "multiworker"]
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 
@@ -161,7 +161,9 @@ class TrainConfig:
         _check(1 <= self.batch_size <= 1024, "train.batch_size", "must be 1..1024")
         _one_of(self.class_weight, ("balanced", "none"), "train.class_weight")
         _check(0 <= self.early_stopping_patience <= 100, "train.early_stopping_patience", "must be 0..100")
-        _one_of(self.threshold_method, ("youden", "sensitivity"), "train.threshold_method")
+        from core.threshold import THRESHOLD_METHODS  # local import: config stays light
+
+        _one_of(self.threshold_method, THRESHOLD_METHODS, "train.threshold_method")
         _check(0.5 <= self.target_sensitivity < 1, "train.target_sensitivity", "must be 0.5..<1")
         _one_of(self.device, ("auto", "cpu", "gpu", "mirrored", "multiworker"), "train.device")
         _one_of(self.precision, ("auto", "float32", "mixed_bfloat16", "mixed_float16"), "train.precision")

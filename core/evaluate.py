@@ -12,6 +12,8 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
+from core.threshold import THRESHOLD_METHODS, choose_threshold  # re-exported: the rule is part of evaluation
+
 __all__ = [
     "THRESHOLD_METHODS",
     "choose_threshold",
@@ -22,7 +24,6 @@ __all__ = [
     "main",
 ]
 
-THRESHOLD_METHODS = ("youden", "sensitivity")
 MAX_CURVE_POINTS = 200
 CI_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc", "pr_auc")
 
@@ -43,29 +44,6 @@ def _as_arrays(y_true: Sequence, prob: Sequence) -> tuple[np.ndarray, np.ndarray
 
 def _both_classes(y: np.ndarray) -> bool:
     return y.size > 0 and 0 < y.sum() < y.size
-
-
-def choose_threshold(y_true: Sequence, prob: Sequence, method: str = "youden",
-                     target_sensitivity: float = 0.95) -> float:
-    """The decision threshold on P(PNEUMONIA), chosen on validation data (never on test).
-
-    ``youden`` maximises Youden's J = sensitivity + specificity − 1 (Youden 1950) over the ROC
-    curve; ``sensitivity`` takes the highest threshold whose sensitivity reaches
-    ``target_sensitivity`` (a screening setting: few missed pneumonias). An image is called
-    positive when ``prob >= threshold``. With only one class present the ROC curve is
-    undefined and 0.5 is returned.
-    """
-    if method not in THRESHOLD_METHODS:
-        raise ValueError(f"threshold method must be one of {', '.join(THRESHOLD_METHODS)}; got {method!r}")
-    y, p = _as_arrays(y_true, prob)
-    if not _both_classes(y):
-        return 0.5
-    fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
-    if method == "youden":
-        index = int(np.argmax(tpr - fpr))  # first maximum = the highest such threshold
-    else:
-        index = int(np.argmax(tpr >= target_sensitivity - 1e-12))  # tpr rises as thresholds fall
-    return float(min(thresholds[index], 1.0))  # roc_curve's first threshold is +inf
 
 
 def _downsample(n: int, max_points: int = MAX_CURVE_POINTS) -> np.ndarray:
