@@ -6,7 +6,8 @@ import numpy as np
 
 from core.config import AugmentConfig
 
-__all__ = ["ClipPixels", "PixelNoise", "augmentation_layers", "preview", "FILL_MODE"]
+__all__ = ["ClipPixels", "PixelNoise", "RandomGamma", "RandomJpegQuality", "augmentation_layers", "preview",
+           "one_at_a_time", "FILL_MODE"]
 
 # Black constant fill: X-rays have dark borders and letterboxed images are padded with black,
 # whereas "reflect" would mirror ribs and clavicles into the corners and invent anatomy.
@@ -41,6 +42,60 @@ class PixelNoise(keras.layers.Layer):
         return {**super().get_config(), "stddev": self.stddev, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="cxr_studio")
+class RandomGamma(keras.layers.Layer):
+    """Per-image gamma ``255 · (x / 255) ** γ`` with ``γ = exp(U(−log_range, log_range))``: another detector's curve."""
+
+    def __init__(self, log_range: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.log_range = float(log_range)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training: bool = False):
+        if not training or self.log_range <= 0:
+            return x
+        shape = (keras.ops.shape(x)[0], 1, 1, 1)
+        gamma = keras.ops.exp(keras.random.uniform(shape, -self.log_range, self.log_range, dtype=x.dtype,
+                                                   seed=self.seed_generator))
+        return 255.0 * keras.ops.power(keras.ops.clip(x / 255.0, 0.0, 1.0), gamma)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "log_range": self.log_range, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="cxr_studio")
+class RandomJpegQuality(keras.layers.Layer):
+    """Re-encodes each image as a JPEG of random quality in ``min_quality..100``: another export's artefacts.
+
+    TensorFlow only (``tf.image.adjust_jpeg_quality``), like the tf.data pipeline it runs in.
+    """
+
+    def __init__(self, min_quality: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.min_quality = int(min_quality)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training: bool = False):
+        if not training or not self.min_quality:
+            return x
+        import tensorflow as tf
+
+        quality = keras.random.randint((tf.shape(x)[0],), self.min_quality, 101, seed=self.seed_generator)
+
+        def encode(args):
+            image, q = args
+            return tf.image.adjust_jpeg_quality(tf.clip_by_value(image / 255.0, 0.0, 1.0), q) * 255.0
+
+        out = tf.map_fn(encode, (tf.cast(x, tf.float32), tf.cast(quality, tf.int32)),
+                        fn_output_signature=tf.float32)
+        return tf.cast(tf.reshape(out, tf.shape(x)), x.dtype)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "min_quality": self.min_quality, "seed": self.seed}
+
+
 def augmentation_layers(cfg: AugmentConfig, seed: int = 0) -> keras.Sequential | None:
     """Keras preprocessing layers for ``cfg`` working on float 0..255 batches (B, S, S, C), C = 1 or 3.
 
@@ -72,6 +127,15 @@ def augmentation_layers(cfg: AugmentConfig, seed: int = 0) -> keras.Sequential |
         stack.append(keras.layers.RandomBrightness(cfg.brightness, value_range=(0, 255), seed=next(seeds)))
     if cfg.contrast:
         stack.append(keras.layers.RandomContrast(cfg.contrast, value_range=(0, 255), seed=next(seeds)))
+    if cfg.gamma:
+        stack.append(RandomGamma(cfg.gamma, seed=next(seeds)))
+    if cfg.blur_sigma:
+        # Half the images, σ drawn per batch (Keras's layer); kernel 5 covers ±2σ at σ ≤ 1.
+        stack.append(keras.layers.RandomGaussianBlur(factor=(0.5, 0.5), kernel_size=5, sigma=(0.0, cfg.blur_sigma),
+                                                     value_range=(0, 255), seed=next(seeds)))
+    if cfg.jpeg_quality_min:
+        stack.append(ClipPixels())
+        stack.append(RandomJpegQuality(cfg.jpeg_quality_min, seed=next(seeds)))
     if cfg.noise_std:
         stack.append(PixelNoise(cfg.noise_std, seed=next(seeds)))
     stack.append(ClipPixels())
@@ -100,3 +164,18 @@ def preview(image: np.ndarray, cfg: AugmentConfig, n: int = 8, seed: int = 0) ->
         batch = np.asarray(layers(tf.constant(batch), training=True))
     out = np.clip(np.rint(batch), 0, 255).astype(np.uint8)
     return [img[..., 0] if squeeze else img for img in out]
+
+
+# What each setting does, in the user's words; the order of the preview rows.
+_LABELS = {
+    "horizontal_flip": "horizontal flip", "rotation_degrees": "rotation", "zoom": "zoom (scale)",
+    "shift": "shift (translation)", "brightness": "brightness", "contrast": "contrast", "gamma": "gamma (tone curve)",
+    "blur_sigma": "blur", "jpeg_quality_min": "JPEG re-encoding", "noise_std": "noise",
+}
+
+
+def one_at_a_time(cfg: AugmentConfig) -> list[tuple[str, AugmentConfig]]:
+    """Each active setting of ``cfg`` alone (everything else off), labelled, for a per-augmentation preview."""
+    off = {name: type(value)(0) for name, value in cfg.__dict__.items()}
+    return [(label, AugmentConfig(**{**off, name: getattr(cfg, name)}))
+            for name, label in _LABELS.items() if getattr(cfg, name)]

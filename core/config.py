@@ -17,6 +17,8 @@ __all__ = [
     "RunConfig",
     "PRESETS",
     "preset",
+    "AUGMENT_STRENGTHS",
+    "augment_strength",
 ]
 
 DataSource = Literal["demo", "folder", "kaggle", "medmnist"]
@@ -81,19 +83,51 @@ class AugmentConfig:
     contrast: float = 0.1
     horizontal_flip: bool = False  # anatomy is not left-right symmetric
     noise_std: float = 0.0  # Gaussian noise, in 0..255 pixel units
+    # Acquisition shift: films from another scanner, another export, another resize.
+    blur_sigma: float = 0.0  # Gaussian blur (half the images) with σ up to this many pixels, at most 1
+    gamma: float = 0.0  # gamma drawn as exp(±gamma): 0.2 ≈ γ 0.82..1.22
+    jpeg_quality_min: int = 0  # re-encode as JPEG with quality drawn from this..100 (0 = off)
 
     def validate(self) -> None:
         _check(0 <= self.rotation_degrees <= 45, "augment.rotation_degrees", "must be 0..45")
-        for name in ("zoom", "shift", "brightness", "contrast"):
+        for name in ("zoom", "shift", "brightness", "contrast", "gamma"):
             _check(0 <= getattr(self, name) <= 0.5, f"augment.{name}", "must be 0..0.5")
         _check(0 <= self.noise_std <= 50, "augment.noise_std", "must be 0..50")
+        _check(0 <= self.blur_sigma <= 1, "augment.blur_sigma", "must be 0..1 pixels")
+        _check(self.jpeg_quality_min == 0 or 10 <= self.jpeg_quality_min <= 100, "augment.jpeg_quality_min",
+               f"must be 0 (off) or 10..100; got {self.jpeg_quality_min}")
 
     @property
     def active(self) -> bool:
         return any(
             (self.rotation_degrees, self.zoom, self.shift, self.brightness, self.contrast,
-             self.horizontal_flip, self.noise_std)
+             self.horizontal_flip, self.noise_std, self.blur_sigma, self.gamma, self.jpeg_quality_min)
         )
+
+
+
+def _augment_strengths() -> dict[str, AugmentConfig]:
+    off = dict(rotation_degrees=0, zoom=0, shift=0, brightness=0, contrast=0)
+    light = dict(rotation_degrees=5, zoom=0.05, shift=0.03, brightness=0.05, contrast=0.05)
+    return {
+        "none": AugmentConfig(**off),
+        "light": AugmentConfig(**light),
+        "standard": AugmentConfig(),
+        "acquisition": AugmentConfig(gamma=0.2, blur_sigma=1.0, jpeg_quality_min=50),
+        "strong": AugmentConfig(rotation_degrees=15, zoom=0.15, shift=0.08, brightness=0.15, contrast=0.15,
+                                gamma=0.3, blur_sigma=1.0, jpeg_quality_min=30, noise_std=3),
+    }
+
+
+AUGMENT_STRENGTHS = tuple(_augment_strengths())
+
+
+def augment_strength(name: str) -> AugmentConfig:
+    """A named augmentation strength (``none``, ``light``, ``standard``, ``acquisition``, ``strong``), as data."""
+    strengths = _augment_strengths()
+    if name not in strengths:
+        raise ConfigError(f"augment: unknown strength {name!r}; choose one of {', '.join(strengths)}")
+    return strengths[name]
 
 
 @dataclass

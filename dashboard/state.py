@@ -160,6 +160,13 @@ def augmentation_controls(flip_help: bool = True) -> None:
     st.slider("Brightness (±)", 0.0, 0.5, step=0.01, key="cfg.augment.brightness")
     st.slider("Contrast (±)", 0.0, 0.5, step=0.01, key="cfg.augment.contrast")
     st.slider("Noise (std, pixel units)", 0.0, 50.0, step=1.0, key="cfg.augment.noise_std")
+    st.caption("Acquisition shift: another scanner, another export")
+    st.slider("Gamma (± log γ)", 0.0, 0.5, step=0.05, key="cfg.augment.gamma",
+              help="A different detector response: 0.2 draws γ between 0.82 and 1.22 per image.")
+    st.slider("Blur (max σ, pixels)", 0.0, 1.0, step=0.1, key="cfg.augment.blur_sigma",
+              help="A softer film or a different resize; applied to about half the images.")
+    st.slider("JPEG quality (lowest; 0 = off)", 0, 100, step=5, key="cfg.augment.jpeg_quality_min",
+              help="Re-encodes each image as a JPEG of random quality between this and 100.")
     st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip",
                 help="Off by default: the heart is on the left, so a flipped chest is not a real anatomy."
                 if flip_help else None)

@@ -158,6 +158,15 @@ def augmentation_preview(paths: list[str]) -> None:
                 column.image(tile, caption=caption, width="stretch")
         if not cfg.active:
             st.caption("All augmentation is off: training sees the images as they are.")
+        else:
+            from core.augment import one_at_a_time
+
+            with st.expander("Each augmentation on its own"):
+                for label, alone in one_at_a_time(cfg):
+                    row = st.columns([1, 1, 1, 1, 1], vertical_alignment="center")
+                    row[0].markdown(f"**{label}**")
+                    for column, tile in zip(row[1:], preview(image, alone, n=4, seed=1)):
+                        column.image(tile, width="stretch")
 
 
 train_paths = [r.path for r in index.split(sample_split) if "::" not in r.path][:50]

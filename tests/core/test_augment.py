@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from core.augment import augmentation_layers, preview
-from core.config import AugmentConfig
+from core.config import AUGMENT_STRENGTHS, AugmentConfig, augment_strength
 
-OFF = AugmentConfig(rotation_degrees=0, zoom=0, shift=0, brightness=0, contrast=0, horizontal_flip=False, noise_std=0)
+OFF = augment_strength("none")
 
 
 def image() -> np.ndarray:
@@ -49,3 +49,59 @@ def test_preview_is_deterministic_per_seed():
     assert not np.array_equal(a[0], a[1])  # the n versions differ from each other
     rgb = preview(np.stack([image()] * 3, axis=-1), cfg, 2)
     assert rgb[0].shape == (48, 48, 3)
+
+
+def _batch(n: int = 6, seed: int = 0) -> np.ndarray:
+    """Film-like texture: a gradient with fine detail, so blur and JPEG have something to change."""
+    rng = np.random.default_rng(seed)
+    base = image().astype(np.float32)[None, ..., None] + rng.normal(0, 25, (n, 48, 48, 1))
+    return np.clip(base, 0, 255).astype(np.float32)
+
+
+def test_gamma_is_a_monotone_curve_per_image_that_keeps_black_and_white():
+    import tensorflow as tf
+
+    layers = augmentation_layers(AugmentConfig(**{**OFF.__dict__, "gamma": 0.4}), seed=3)
+    batch = _batch()
+    batch[:, 0, 0, 0], batch[:, 0, 1, 0] = 0.0, 255.0
+    out = np.asarray(layers(tf.constant(batch), training=True))
+    for before, after in zip(batch, out):
+        order = np.argsort(before.ravel(), kind="stable")
+        assert np.all(np.diff(after.ravel()[order]) >= -1e-3)  # same ranking of pixels: a tone curve
+    assert np.allclose(out[:, 0, 0, 0], 0, atol=1e-3) and np.allclose(out[:, 0, 1, 0], 255, atol=1e-2)
+    assert len({round(float(np.mean(o - b)), 3) for o, b in zip(out, batch)}) > 1  # a different γ per image
+
+
+def test_blur_smooths_and_jpeg_adds_block_artefacts_only_in_training():
+    import tensorflow as tf
+
+    batch = _batch(8)
+    roughness = lambda x: float(np.abs(np.diff(x, axis=2)).mean())  # noqa: E731
+    blur = augmentation_layers(AugmentConfig(**{**OFF.__dict__, "blur_sigma": 1.0}), seed=0)
+    blurred = np.asarray(blur(tf.constant(batch), training=True))
+    assert roughness(blurred) < roughness(batch)
+    jpeg = augmentation_layers(AugmentConfig(**{**OFF.__dict__, "jpeg_quality_min": 10}), seed=0)
+    coded = np.asarray(jpeg(tf.constant(batch), training=True))
+    assert coded.shape == batch.shape and 0 <= coded.min() and coded.max() <= 255
+    assert 1.0 < np.abs(coded - batch).mean() < 40  # changed, still the same picture
+    assert np.array_equal(np.asarray(jpeg(tf.constant(batch), training=False)), batch)
+
+
+def test_named_strengths_validate_and_grow():
+    configs = [augment_strength(name) for name in AUGMENT_STRENGTHS]
+    for cfg in configs:
+        cfg.validate()
+    assert not augment_strength("none").active and augment_strength("acquisition").jpeg_quality_min
+    assert augment_strength("strong").rotation_degrees > augment_strength("standard").rotation_degrees \
+        > augment_strength("light").rotation_degrees
+
+
+def test_one_at_a_time_isolates_each_active_setting():
+    from core.augment import one_at_a_time
+
+    cfg = AugmentConfig(rotation_degrees=5, zoom=0, shift=0, brightness=0, contrast=0.1, gamma=0.2, jpeg_quality_min=40)
+    rows = one_at_a_time(cfg)
+    assert [label for label, _ in rows] == ["rotation", "contrast", "gamma (tone curve)", "JPEG re-encoding"]
+    for _, alone in rows:
+        alone.validate()
+        assert sum(bool(v) for v in alone.__dict__.values()) == 1
