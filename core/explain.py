@@ -35,37 +35,20 @@ _EPS = 1e-7
 
 
 # --------------------------------------------------------------------------------------------
-# Colour maps. matplotlib is not a dependency, so the four maps the app offers are rebuilt as
-# 256-entry tables: jet from matplotlib's piecewise-linear definition (``_jet_data``), viridis
-# and inferno (van der Walt & Smith 2015) and turbo (Mikhailov 2019) interpolated from the
-# evenly spaced anchor colours plotly ships (``plotly.colors.sequential``), which are samples
-# of matplotlib's tables.
-_JET = {
-    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
-    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
-    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
-}
-_ANCHORS = {
-    "viridis": "440154 482878 3e4989 31688e 26828e 1f9e89 35b779 6ece58 b5de2b fde725",
-    "inferno": "000004 1b0c41 4a0c6b 781c6d a52c60 cf4446 ed6925 fb9b06 f7d13d fcffa4",
-    "turbo": "30123b 4145ab 4675ed 39a2fc 1bcfd4 24eca6 61fc6c a4fc3b d1e834 f3c63a fe9b2d f36315 "
-             "d93806 b11901 7a0402",
-}
+# Colour maps come from plotly (a dependency already, for the charts): its colour scales sampled
+# into 256-entry tables, so a heatmap on the X-ray and a plotly colour bar use the same colours.
 COLORMAPS = ("jet", "inferno", "viridis", "turbo")
 
 
+@functools.lru_cache(maxsize=len(COLORMAPS))
 def _colormap_table(name: str) -> np.ndarray:
-    """(256, 3) uint8 lookup table for one of :data:`COLORMAPS`."""
-    x = np.linspace(0.0, 1.0, 256)
-    if name == "jet":
-        channels = [np.interp(x, *zip(*_JET[c])) for c in ("red", "green", "blue")]
-    elif name in _ANCHORS:
-        colors = np.array([[int(h[i:i + 2], 16) for i in (0, 2, 4)] for h in _ANCHORS[name].split()]) / 255.0
-        stops = np.linspace(0.0, 1.0, len(colors))
-        channels = [np.interp(x, stops, colors[:, c]) for c in range(3)]
-    else:
+    """(256, 3) uint8 lookup table for one of :data:`COLORMAPS`, sampled from plotly's colour scale."""
+    from plotly.colors import get_colorscale, sample_colorscale, unlabel_rgb
+
+    if name not in COLORMAPS:
         raise ValueError(f"colormap must be one of {', '.join(COLORMAPS)}; got {name!r}")
-    return np.round(np.stack(channels, axis=1) * 255).astype(np.uint8)
+    colours = sample_colorscale(get_colorscale(name.capitalize()), list(np.linspace(0.0, 1.0, 256)))
+    return np.round(np.array([unlabel_rgb(c) for c in colours])).astype(np.uint8)
 
 
 def colorize(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:

@@ -256,8 +256,9 @@ def test_overlay_shape_dtype_and_opacity():
 
 
 def test_colormaps_run_from_their_published_ends():
+    # matplotlib's viridis/inferno/turbo ends; jet as plotly publishes it (matplotlib's starts at 0,0,128).
     ends = {"viridis": ((0x44, 0x01, 0x54), (0xFD, 0xE7, 0x25)), "inferno": ((0, 0, 4), (0xFC, 0xFF, 0xA4)),
-            "jet": ((0, 0, 128), (128, 0, 0)), "turbo": ((0x30, 0x12, 0x3B), (0x7A, 0x04, 0x02))}
+            "jet": ((0, 0, 131), (128, 0, 0)), "turbo": ((0x30, 0x12, 0x3B), (0x7A, 0x04, 0x02))}
     for name in COLORMAPS:
         colors = colorize(np.array([[0.0, 1.0]]), name)[0]
         assert tuple(colors[0]) == ends[name][0] and tuple(colors[1]) == ends[name][1]
