@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.data import CLASS_NAMES
+from core.datasets import CLASS_NAMES
 from core.evaluate import compute_metrics
 from dashboard import charts, resources, state
 
@@ -35,6 +35,21 @@ info = metrics.get("threshold_info") or {}
 st.caption(f"Run **{charts.run_title(run)}** · test split: {len(labels)} images, {int(labels.sum())} pneumonia, "
            f"{metrics.get('n_patients', '?')} patients · data: {state.data_label(config)}"
            + (f" {state.SYNTHETIC_BADGE}" if state.is_synthetic(config) else ""))
+saved = metrics.get("splits") or {}
+changes, skipped = saved.get("changes") or {}, metrics.get("skipped") or []
+if saved.get("note"):
+    st.info(f"Test split: {saved['note']}.", icon=":material/history:")
+if changes.get("missing") or changes.get("changed") or changes.get("added"):
+    st.warning(f"Data folder: {changes['summary']}. Only the saved test images were evaluated; missing and "
+               "changed ones were skipped.", icon=":material/difference:")
+if skipped or changes.get("added"):
+    with st.expander(f"{len(skipped)} test image(s) skipped, {len(changes.get('added') or [])} added to the folder since"):
+        if skipped:
+            st.dataframe([{"file": Path(item["file"]).name, "why": item["reason"]} for item in skipped],
+                         hide_index=True, width="stretch")
+        if changes.get("added"):
+            st.caption("Added since training (not part of this run's test split): "
+                       + ", ".join(changes["added"][:50]) + (" …" if len(changes["added"]) > 50 else ""))
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -51,7 +66,10 @@ with top_left:
     threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, step=0.001, key=slider_key, format="%.3f",
                           help="An image is called PNEUMONIA when its probability is at least the threshold.")
 with top_right:
-    st.caption(f"Run's threshold: **{run_threshold:.3f}**  \nchosen by {info.get('method', '?')} on "
+    from core.threshold import describe_threshold_rule
+
+    rule = describe_threshold_rule(info["method"], info.get("target_sensitivity") or 0.95) if info.get("method") else "?"
+    st.caption(f"Run's threshold: **{run_threshold:.3f}**  \nrule, fixed before training: {rule}; chosen on "
                f"{info.get('chosen_on', 'validation')}")
     st.button("Reset", on_click=lambda: st.session_state.__setitem__(slider_key, round(run_threshold, 3)),
               disabled=abs(threshold - run_threshold) < 1e-3)
