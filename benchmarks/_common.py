@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from core.datasets import CLASS_NAMES as CLASSES  # the class folder names, defined once in core
+
 __all__ = [
     "REPO",
     "CLASSES",
@@ -31,7 +33,6 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ("NORMAL", "PNEUMONIA")
 
 
 def default_data() -> Path:

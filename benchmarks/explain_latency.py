@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from tf_keras_vis.utils.scores import BinaryScore
 
     from core.config import ModelConfig
-    from core.data import load_image
+    from core.images import load_image
     from core.explain import Explainer, default_cam_layer
     from core.model import build_classifier
 

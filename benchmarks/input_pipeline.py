@@ -1,8 +1,8 @@
 """Input pipeline: images/s of the data pipeline alone vs the model that consumes it (target ≥ 10×), same run.
 
 Pipelines, each drained batch by batch with nothing else running:
-- ``ours decode once``: ``core.data.load_arrays`` (JPEG decode + resize, thread pool), paid once per run.
-- ``ours epoch``: ``core.data.make_dataset`` over the cached uint8 arrays (shuffle, gather, 3 channels),
+- ``ours decode once``: ``core.pipeline.load_arrays`` (JPEG decode + resize, thread pool), paid once per run.
+- ``ours epoch``: ``core.pipeline.make_dataset`` over the cached uint8 arrays (shuffle, gather, 3 channels),
   without and with the default augmentation (batched Keras layers inside ``Dataset.map``).
 - ``tutorial epoch``: ``keras.utils.image_dataset_from_directory`` + ``prefetch`` (decodes every JPEG
   every epoch), for reference.
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from core.config import AugmentConfig, ModelConfig
-    from core.data import find_dataset, load_arrays, make_dataset
+    from core.datasets import find_dataset
+    from core.pipeline import load_arrays, make_dataset
     from core.model import build_classifier, set_trainable
 
     precision = ours_precision(args.precision)

@@ -176,7 +176,7 @@ def ours_worker(spec: dict) -> dict:
 def _split_like_ours(root: Path, spec: dict) -> tuple[int, int, dict]:
     """Our patient-grouped train/val split of the subset, symlinked as train/ val/ test/ for the tutorial."""
     from core.config import DataConfig
-    from core.data import resolve_splits
+    from core.splits import resolve_splits
     from core.train import class_weights
 
     import numpy as np

@@ -273,9 +273,10 @@ def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) 
     it, at 0.5; with patient-level bootstrap intervals, per-image predictions and the
     sensitivity per pneumonia subtype. ``run`` is a ``core.runs.Run`` or a run id in ``store``.
     """
-    from core.data import load_arrays, make_dataset, resolve_splits
     from core.model import load_model
+    from core.pipeline import load_arrays, make_dataset
     from core.runs import RunError, RunStore
+    from core.splits import folder_changes, run_splits
 
     if isinstance(run, str):
         run = (store or RunStore()).get(run)
@@ -290,15 +291,22 @@ def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) 
     report(0.0, "loading the model")
     model = load_model(run.model_path)
     report(0.05, "finding the test images")
-    splits = resolve_splits(config.data, config.train.seed)
+    splits = run_splits(config, run.path, create=False)  # the saved test list, never the folder as it is now
     records = list(splits.test)
     if not records:
         raise RunError(f"the data source of run {run.path.name} has no test images")
+    changes = folder_changes(splits, check=("test",)) if splits.hashes else None
+    unusable = changes.unusable if changes is not None else {}  # missing or changed since training
+    skipped = [{"file": r.path, "reason": unusable[r.path]} for r in records if r.path in unusable]
+    records = [r for r in records if r.path not in unusable]
+    if not records:
+        raise RunError(f"none of the {len(skipped)} test images of run {run.path.name} can be evaluated: "
+                       f"{changes.summary() if changes else 'see the skipped list'}")
     report(0.1, f"loading {len(records)} test images")
     loaded = load_arrays(records, config.data.image_size, config.data.resize_mode, cache=config.data.cache)
     images, labels = loaded
-    records = [records[i] for i in getattr(loaded, "kept", range(len(records)))]  # unreadable files are skipped
-    skipped = [{"file": str(path), "reason": reason} for path, reason in getattr(loaded, "skipped", [])]
+    records = [records[i] for i in loaded.kept]  # unreadable files are skipped
+    skipped += [{"file": str(path), "reason": reason} for path, reason in loaded.skipped]
     dataset = make_dataset(images, labels, config.train.batch_size, training=False)
     prob = predict_probabilities(
         model, dataset, progress=lambda f, m: report(0.15 + 0.75 * f, m), total=len(records))
@@ -311,7 +319,9 @@ def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) 
     result.update({
         "run_id": run.path.name,
         "split": "test",
-        "source": getattr(splits, "source", config.data.source),
+        "source": splits.source,
+        "splits": {"from": "splits.json" if splits.hashes else "re-derived from the folder", "note": splits.note,
+                   "changes": changes.to_dict() if changes is not None else None},
         "threshold_info": threshold_info,
         "at_0.5": {key: at_half[key] for key in _HEADLINE},
         "ci": bootstrap_ci(y, prob, threshold, groups=patients),

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CLASS_NAMES", "predict_files", "main"]
+from core.datasets import CLASS_NAMES
 
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
+__all__ = ["predict_files", "main"]
 
 
 def _safe_stem(path: str | Path) -> str:
@@ -35,7 +35,7 @@ def predict_files(run: Any, paths: Sequence[str | Path], cam: str | None = None,
     """
     from PIL import Image
 
-    from core.data import ImageLoadError, load_image
+    from core.images import ImageLoadError, load_image
     from core.explain import CAM_METHODS, Explainer, overlay
     from core.model import load_model
     from core.runs import RunError, RunStore

@@ -163,9 +163,11 @@ def train_run(run: Run, resume: bool = False) -> None:
 def _train_run(run: Run, resume: bool) -> None:
     import keras
 
-    from core import data as data_lib
+    from core.datasets import DatasetError
     from core.device import plan_device
     from core.model import build_classifier, load_model, set_trainable
+    from core.pipeline import load_arrays
+    from core.splits import run_splits
 
     config = run.config().validate()
     state = _ResumeState.read(run) if resume else _ResumeState()
@@ -181,13 +183,13 @@ def _train_run(run: Run, resume: bool) -> None:
     run.update_status(device=plan.to_dict())
     log.info("device: %s", plan)
 
-    splits = data_lib.resolve_splits(config.data, config.train.seed)
+    splits = run_splits(config, run.path)  # written once (splits.json), then read: resume keeps its splits
     log.info("data: %s — train %d, val %d, test %d images", splits.source, len(splits.train), len(splits.val), len(splits.test))
     size, mode = config.data.image_size, config.data.resize_mode
-    x_train, y_train = data_lib.load_arrays(splits.train, size, mode, cache=config.data.cache)
-    x_val, y_val = data_lib.load_arrays(splits.val, size, mode, cache=config.data.cache)
+    x_train, y_train = load_arrays(splits.train, size, mode, cache=config.data.cache)
+    x_val, y_val = load_arrays(splits.val, size, mode, cache=config.data.cache)
     if len(np.unique(y_train)) < 2 or len(np.unique(y_val)) < 2:
-        raise data_lib.DatasetError("training and validation data each need images of both classes")
+        raise DatasetError("training and validation data each need images of both classes")
     batch = config.train.batch_size
     global_batch = batch * plan.replicas
     weights = class_weights(y_train, config.train.class_weight)
@@ -255,7 +257,7 @@ def estimate_run_time(config: RunConfig, n_train: int | None = None, n_val: int 
     from core.model import build_classifier, set_trainable
 
     if n_train is None or n_val is None:
-        from core.data import resolve_splits
+        from core.splits import resolve_splits
 
         splits = resolve_splits(config.data, config.train.seed)
         n_train, n_val = len(splits.train), len(splits.val)
@@ -304,28 +306,28 @@ def estimate_run_time(config: RunConfig, n_train: int | None = None, n_val: int 
 def _phase_inputs(model, name: str, phase: PhaseConfig, config: RunConfig, plan, batch: int,
                   train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]):
     """The model to fit and its data for one phase: cached frozen outputs when that is exact, else images."""
-    from core import data as data_lib
     from core.frozen import cache_plan, compute_frozen, features_dataset, split_at_freeze_boundary
+    from core.pipeline import make_dataset
 
     augment_active = phase.augment and config.augment.active
     split = split_at_freeze_boundary(model) if config.train.cache_frozen_features else None
     use_cache, note = cache_plan(split, len(train[1]) + len(val[1]), augment_active, config.train.cache_frozen_features)
     if use_cache:
-        plain = [data_lib.make_dataset(x, y, batch, training=False) for x, y in (train, val)]
+        plain = [make_dataset(x, y, batch, training=False) for x, y in (train, val)]
         features = [compute_frozen(split, ds) for ds in plain]
         return (split.top,
                 features_dataset(features[0], train[1], batch, training=True, seed=config.train.seed),
                 features_dataset(features[1], val[1], batch, training=False), note)
     augment = config.augment if augment_active else None
     return (model,
-            data_lib.make_dataset(*train, batch, training=True, augment=augment, seed=config.train.seed),
-            data_lib.make_dataset(*val, batch, training=False),
+            make_dataset(*train, batch, training=True, augment=augment, seed=config.train.seed),
+            make_dataset(*val, batch, training=False),
             f"training on images ({note})" if note else "training on images")
 
 
 def _finish(run: Run, config: RunConfig, model, x_val, y_val, batch: int) -> None:
-    from core import data as data_lib
     from core.evaluate import choose_threshold, evaluate_run, predict_probabilities
+    from core.pipeline import make_dataset
 
     from core.model import load_model
 
@@ -335,7 +337,7 @@ def _finish(run: Run, config: RunConfig, model, x_val, y_val, batch: int) -> Non
     # returns one output per replica, and the best checkpoint is what gets evaluated anyway.
     model = load_model(run.model_path)
     run.update_status(phase="threshold", message="Choosing the decision threshold on validation…")
-    prob = predict_probabilities(model, data_lib.make_dataset(x_val, y_val, batch, training=False))
+    prob = predict_probabilities(model, make_dataset(x_val, y_val, batch, training=False))
     threshold = choose_threshold(y_val, prob, config.train.threshold_method, config.train.target_sensitivity)
     run.write_json("threshold.json", {"threshold": float(threshold), "method": config.train.threshold_method,
                                       "target_sensitivity": config.train.target_sensitivity,
@@ -358,7 +360,8 @@ def _readable(exc: BaseException) -> str:
 
     known = (ConfigError, WeightsUnavailableError, FloatingPointError, FileNotFoundError, MemoryError)
     try:
-        from core.data import DatasetError, ImageLoadError
+        from core.datasets import DatasetError
+        from core.images import ImageLoadError
 
         known += (DatasetError, ImageLoadError)
     except ImportError:  # pragma: no cover

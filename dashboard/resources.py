@@ -16,7 +16,7 @@ import streamlit as st
 
 from core.runs import Run
 
-# File types the uploaders accept (decoded by core.data.decode_image, in memory only).
+# File types the uploaders accept (read by core.images.load_image, in memory only).
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "tif", "tiff", "webp"]
 
 
@@ -31,8 +31,8 @@ def demo_dataset_root(images_per_class: int = 120) -> str:
 
 @st.cache_data(show_spinner="Indexing the data set…", max_entries=8)
 def dataset_index(path: str, modified: float):
-    """``core.data.find_dataset`` for a folder, cached per path and folder modification time."""
-    from core.data import find_dataset
+    """``core.datasets.find_dataset`` for a folder, cached per path and folder modification time."""
+    from core.datasets import find_dataset
 
     return find_dataset(path)
 
@@ -46,7 +46,7 @@ def folder_mtime(path: str) -> float:
 
 def display_image(gray: np.ndarray, model_size: int, resize_mode: str, largest: int = 512) -> np.ndarray:
     """The X-ray as the model sees it (same framing), at a resolution fit for the screen."""
-    from core.data import prepare_image
+    from core.images import prepare_image
 
     side = int(max(model_size, min(largest, max(gray.shape[:2]))))
     return prepare_image(gray, side, resize_mode)[..., 0].astype(np.uint8)
@@ -54,14 +54,63 @@ def display_image(gray: np.ndarray, model_size: int, resize_mode: str, largest: 
 
 @st.cache_data(max_entries=2048, show_spinner=False)
 def thumbnail(path: str, size: int = 160) -> np.ndarray | None:
-    """A small uint8 grayscale copy of an image file, or None when it cannot be read."""
-    from core.data import ImageLoadError, decode_image, prepare_image
+    """A small uint8 grayscale copy of an image file or MedMNIST reference, or None when it cannot be read."""
+    from core.images import ImageLoadError, read_image, resize_gray
 
     try:
-        gray = decode_image(Path(path).read_bytes(), path)
-    except (ImageLoadError, OSError):
+        gray = read_image(path, draft_size=size)
+    except ImageLoadError:
         return None
-    return prepare_image(gray, size, "letterbox")[..., 0].astype(np.uint8)
+    return resize_gray(gray, size, "letterbox")
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _saved_test_split(run_path: str, modified: float) -> list[tuple[str, int]]:
+    from core.splits import MANIFEST_NAME, read_manifest
+
+    return [(r.path, r.label) for r in read_manifest(Path(run_path) / MANIFEST_NAME).test]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def saved_split_table(run_path: str, modified: float) -> dict[str, Any]:
+    """The data root of a run's splits.json and, per split, its images per class and patients."""
+    from core.datasets import CLASS_NAMES
+    from core.splits import MANIFEST_NAME, read_manifest
+
+    splits = read_manifest(Path(run_path) / MANIFEST_NAME)
+    rows = [{"split": name, **{c: sum(r.label == i for r in records) for i, c in enumerate(CLASS_NAMES)},
+             "patients": len({r.patient for r in records})}
+            for name in ("train", "val", "test", "unused") if (records := splits.split(name))]
+    return {"root": splits.root, "source": splits.source, "rows": rows}
+
+
+def runs_with_saved_splits(runs: list[Run], root: str) -> list[Run]:
+    """Those of ``runs`` whose saved splits (splits.json) came from the data folder ``root``."""
+    from core.datasets import DatasetError
+    from core.splits import MANIFEST_NAME
+
+    found = []
+    for run in runs:
+        manifest = run.path / MANIFEST_NAME
+        try:
+            if saved_split_table(str(run.path), manifest.stat().st_mtime)["root"] == root:
+                found.append(run)
+        except (OSError, DatasetError):
+            continue
+    return found
+
+
+def run_test_images(run: Run) -> list[tuple[str, int]]:
+    """The run's test images as ``(source, label)``: from its saved splits.json, else (older runs) metrics.json."""
+    from core.datasets import DatasetError
+    from core.splits import MANIFEST_NAME
+
+    manifest = run.path / MANIFEST_NAME
+    try:
+        return _saved_test_split(str(run.path), manifest.stat().st_mtime)
+    except (OSError, DatasetError):  # no manifest (an older run) or an unreadable one
+        pass
+    return [(p["file"], p["label"]) for p in (run.metrics() or {}).get("predictions", [])]
 
 
 def png_bytes(image: np.ndarray) -> bytes:

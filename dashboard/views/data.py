@@ -6,7 +6,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.config import AugmentConfig
-from core.data import CLASS_NAMES, DatasetError, ImageLoadError, image_size_spread, download_kaggle, load_image
+from core.datasets import CLASS_NAMES, DatasetError, download_kaggle
+from core.images import ImageLoadError, image_size_spread, load_image
+from core.splits import MANIFEST_NAME, folder_changes, read_manifest
 from dashboard import charts, resources, state
 
 SOURCES = {"demo": "Built-in demo (synthetic)", "folder": "Local folder", "kaggle": "Kaggle download"}
@@ -80,7 +82,7 @@ with left:
     if index.layout == "class_folders":
         st.caption("No split folders: validation and test are carved out by patient when training.")
     st.markdown("**Image sizes** (a sample per split, read from file headers)")
-    spreads = {split: image_size_spread(index.split(split)) for split in index.splits}
+    spreads = {split: image_size_spread([r.path for r in index.split(split)]) for split in index.splits}
     for split, spread in spreads.items():
         st.caption(f"{split}: {spread['summary']}")
     if any(spread["widths"] for spread in spreads.values()):
@@ -108,6 +110,32 @@ if index.problems:
             st.caption(f"… and {len(index.problems) - 200} more")
 else:
     st.success("No problems found: every class folder has images, no byte-identical duplicates.", icon=":material/check_circle:")
+
+# ---------------------------------------------------------------------------------- saved splits
+trained_here = resources.runs_with_saved_splits(state.store().list(), index.root)
+if trained_here:
+    st.subheader("Splits saved with runs")
+    st.caption("Each run saves the exact list of images it trained, validated and was tested on (splits.json, "
+               "with a content hash per file); it keeps using that list even if this folder changes.")
+    by_id = {run.id: run for run in trained_here}
+    chosen = by_id[st.selectbox("Run", list(by_id), format_func=lambda rid: charts.run_title(by_id[rid]),
+                                key="data_splits_run")]
+    saved = resources.saved_split_table(str(chosen.path), (chosen.path / MANIFEST_NAME).stat().st_mtime)
+    st.dataframe(pd.DataFrame(saved["rows"]).set_index("split"), width="stretch")
+    st.caption(saved["source"])
+    if st.button("Compare this folder with the run's saved splits", icon=":material/difference:",
+                 help="Reads every file and compares its sha256 with the saved one."):
+        with st.spinner("Hashing the files…"):
+            changes = folder_changes(read_manifest(chosen.path / MANIFEST_NAME))
+        if not changes.any:
+            st.success(f"Unchanged: {changes.summary()}.", icon=":material/check_circle:")
+        else:
+            st.warning(f"Changed: {changes.summary()}.", icon=":material/difference:")
+            for what in ("missing", "changed", "added"):
+                files = getattr(changes, what)
+                if files:
+                    st.markdown(f"**{what}** ({len(files)}): " + ", ".join(f"`{f}`" for f in files[:30])
+                                + (" …" if len(files) > 30 else ""))
 
 # ---------------------------------------------------------------------------------- samples
 st.subheader("Samples")

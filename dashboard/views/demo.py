@@ -6,7 +6,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.data import CLASS_NAMES, ImageLoadError, decode_image, prepare_image
+from core.datasets import CLASS_NAMES
+from core.images import ImageLoadError, load_image, read_image
 from dashboard import charts, resources, state
 
 st.title("Demo")
@@ -23,7 +24,7 @@ if state.is_synthetic(config):
     st.caption(f"{state.SYNTHETIC_BADGE} This model was trained on the **synthetic** demo set; "
                "its answers on real X-rays mean nothing.")
 
-test_items = [(p["file"], p["label"]) for p in (run.metrics() or {}).get("predictions", [])]
+test_items = resources.run_test_images(run)
 sources = (["Test images", "Upload"] if test_items else ["Upload"])
 if st.session_state.get("demo_source") not in sources:
     st.session_state["demo_source"] = sources[0]
@@ -31,7 +32,7 @@ top = st.columns([2, 3, 1])
 source = top[0].segmented_control("Image", sources, key="demo_source") or sources[0]
 show_heatmap = top[2].toggle("Heatmap", key="demo_heatmap", help="Where the model looked (Grad-CAM).")
 
-data, name, truth = None, "", None
+image_source, name, truth = b"", "", None  # a file, a MedMNIST reference or uploaded bytes
 if source == "Test images":
     position = st.session_state.get("demo_index", 0) % len(test_items)
     with top[1]:
@@ -43,12 +44,8 @@ if source == "Test images":
         st.session_state["demo_index"] = position
         where.markdown(f"<div style='text-align:center'>Image {position + 1} of {len(test_items)}</div>",
                        unsafe_allow_html=True)
-    file, truth = test_items[position]
-    try:
-        data, name = Path(file).read_bytes(), Path(file).name
-    except OSError as exc:
-        st.error(f"Cannot read {file}: {exc.strerror or exc}", icon=":material/error:")
-        st.stop()
+    image_source, truth = test_items[position]
+    name = Path(image_source).name
 else:
     upload = top[1].file_uploader("X-ray", type=resources.UPLOAD_TYPES, key="demo_upload",
                                   label_visibility="collapsed",
@@ -56,17 +53,17 @@ else:
     if upload is None:
         st.info("Upload a frontal chest X-ray (JPEG, PNG or DICOM).", icon=":material/upload:")
         st.stop()
-    data, name = upload.getvalue(), upload.name
+    image_source, name = upload.getvalue(), upload.name
 
 try:
-    gray = decode_image(data, name)
-    image = prepare_image(gray, config.data.image_size, config.data.resize_mode)
+    image = load_image(image_source, config.data.image_size, config.data.resize_mode, filename=name)  # as evaluated
+    gray = read_image(image_source, filename=name)  # full resolution, for the screen only
 except ImageLoadError as exc:
     st.error(f"This file cannot be used: {exc}", icon=":material/error:")
     st.stop()
 
 path, modified = resources.model_key(run)
-result = resources.explain_image(run.id, path, modified, resources.digest(data), image, "gradcam", None, threshold)
+result = resources.explain_image(run.id, path, modified, resources.digest(image.tobytes()), image, "gradcam", None, threshold)
 probability = result["probability"]
 pneumonia = probability >= threshold
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.data import CLASS_NAMES, ImageLoadError, decode_image, prepare_image
+from core.datasets import CLASS_NAMES
+from core.images import ImageLoadError, load_image, read_image
 from dashboard import charts, resources, state
 
 st.title("Explain")
@@ -23,7 +24,7 @@ st.caption(f"Run **{charts.run_title(run)}** · {config.model.backbone} at {size
            f"trained on {state.data_label(config)}" + (f" {state.SYNTHETIC_BADGE}" if state.is_synthetic(config) else ""))
 
 # ---------------------------------------------------------------------------------- choose an image
-test_items = [(p["file"], p["label"]) for p in (run.metrics() or {}).get("predictions", [])]
+test_items = resources.run_test_images(run)
 sources = ["Pick from the test split", "Upload an X-ray"] if test_items else ["Upload an X-ray"]
 if st.session_state.get("explain_file"):  # sent here from the Evaluate gallery
     st.session_state["explain_source"] = sources[0]
@@ -32,7 +33,7 @@ if st.session_state.get("explain_source") not in sources:
     st.session_state["explain_source"] = sources[0]
 source = st.segmented_control("Image", sources, key="explain_source") or sources[0]
 
-data: bytes | None = None
+image_source: str | bytes = b""  # a file, a MedMNIST reference or uploaded bytes
 name, truth = "", None
 if source == "Pick from the test split":
     files = [file for file, _ in test_items]
@@ -41,26 +42,22 @@ if source == "Pick from the test split":
         st.session_state["explain_pick"] = files[0]
     chosen = st.selectbox("Test image", files, key="explain_pick",
                           format_func=lambda f: f"{Path(f).name} · {CLASS_NAMES[labels[f]]}")
-    try:
-        data, name, truth = Path(chosen).read_bytes(), Path(chosen).name, labels[chosen]
-    except OSError as exc:
-        st.error(f"Cannot read {chosen}: {exc.strerror or exc}", icon=":material/error:")
-        st.stop()
+    image_source, name, truth = chosen, Path(chosen).name, labels[chosen]
 else:
     upload = st.file_uploader("X-ray (JPEG, PNG or DICOM)", type=resources.UPLOAD_TYPES, key="explain_upload",
                               help="Processed in memory and never stored. DICOM patient tags are not read out or shown.")
     if upload is None:
         st.info("Upload a frontal chest X-ray, or pick one from the test split.", icon=":material/upload:")
         st.stop()
-    data, name = upload.getvalue(), upload.name
+    image_source, name = upload.getvalue(), upload.name
 
 try:
-    gray = decode_image(data, name)
-    image = prepare_image(gray, size, resize_mode)
+    image = load_image(image_source, size, resize_mode, filename=name)  # exactly what the run was evaluated on
+    gray = read_image(image_source, filename=name)  # full resolution, for the screen only
 except ImageLoadError as exc:
     st.error(f"This file cannot be used: {exc}", icon=":material/error:")
     st.stop()
-image_hash = resources.digest(data)
+image_hash = resources.digest(image.tobytes())
 
 # ---------------------------------------------------------------------------------- method and layer
 from core.explain import CAM_METHODS, COLORMAPS, cam_layer_choices, colorize, overlay  # noqa: E402  (TensorFlow)

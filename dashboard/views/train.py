@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.backbones import BACKBONES
 from core.config import PRESETS, ConfigError, RunConfig, preset
-from core.data import DatasetError
+from core.datasets import DatasetError
 from core.runs import Run, RunError
 from dashboard import charts, resources, state
 

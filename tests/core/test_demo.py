@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from core.data import find_dataset
+from core.datasets import find_dataset
 from core.demo import DEMO_LABEL, MASK_FRACTION, demo_mask, ensure_demo_dataset, generate_image
 
 

@@ -153,7 +153,7 @@ def finished_run(tmp_path, cache_dir):
 
 
 def test_evaluate_run_writes_metrics_matching_single_image_prediction(finished_run):
-    from core.data import resolve_splits
+    from core.splits import resolve_splits
     from core.evaluate import evaluate_run
     from core.predict import predict_files
 
@@ -193,7 +193,7 @@ def test_evaluate_cli(finished_run, capsys):
 def test_predict_cli_json_lines_heatmaps_and_exit_codes(finished_run, tmp_path, capsys):
     from PIL import Image
 
-    from core.data import resolve_splits
+    from core.splits import resolve_splits
     from core.predict import main
 
     store, run = finished_run

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from core.config import preset
-from core.data import load_image, resolve_splits
+from core.images import load_image
+from core.splits import resolve_splits
 from core.explain import Explainer, deletion_score
 from core.model import load_model
 from core.runs import RunStore

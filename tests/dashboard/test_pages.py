@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.data import ImageLoadError, decode_image, find_dataset
+from core.datasets import find_dataset
+from core.images import ImageLoadError, decode_image
 from core.evaluate import compute_metrics
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
