@@ -35,3 +35,12 @@ def keras_weights_dir() -> Path:
     if not path.is_dir():
         pytest.skip("offline Keras weights not present in ../shared/data/keras_weights")
     return path
+
+
+@pytest.fixture(scope="session")
+def medmnist_npz() -> Path:
+    """The real PneumoniaMNIST file staged beside the repository; tests using it skip when absent."""
+    path = SHARED_DATA / "medmnist" / "pneumoniamnist.npz"
+    if not path.is_file():
+        pytest.skip("PneumoniaMNIST not present in ../shared/data/medmnist")
+    return path

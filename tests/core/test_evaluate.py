@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,6 +162,7 @@ def test_evaluate_run_writes_metrics_matching_single_image_prediction(finished_r
     fractions = []
     metrics = evaluate_run(run.path.name, store=store, progress=lambda f, m: fractions.append(f))
     assert run.read_json("metrics.json")["roc_auc"] == metrics["roc_auc"]
+    assert "re-derived" in metrics["splits"]["note"]  # a run from before splits.json
     test = resolve_splits(run.config().data, run.config().train.seed).test
     assert metrics["n"] == len(test) == len(metrics["predictions"])
     assert metrics["threshold"] == 0.45 and metrics["at_0.5"]["threshold"] == 0.5
@@ -173,6 +175,42 @@ def test_evaluate_run_writes_metrics_matching_single_image_prediction(finished_r
     single = predict_files(run, [first["file"]])[0]
     assert single["probability"] == pytest.approx(first["probability"], abs=1e-5)
     json.dumps(metrics, allow_nan=False)
+
+
+def test_evaluate_uses_the_saved_test_split_and_skips_files_changed_since_training(tmp_path):
+    import keras
+    from image_samples import touch_images
+
+    from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from core.evaluate import evaluate_run
+    from core.model import build_classifier
+    from core.runs import RunStore
+    from core.splits import run_splits
+
+    data = tmp_path / "data"
+    touch_images(data / "NORMAL", [f"IM-{k:04d}-0001.png" for k in range(12)])
+    touch_images(data / "PNEUMONIA", [f"person{k}_virus_{k}.png" for k in range(12)])
+    config = RunConfig(data=DataConfig(source="folder", path=str(data), image_size=32, val_fraction=0.25),
+                       model=ModelConfig(backbone="small_cnn", weights="none", unfreeze_from_block=1),
+                       train=TrainConfig(batch_size=8, seed=0))
+    store = RunStore(tmp_path / "models")
+    run = store.create(config)
+    keras.utils.set_random_seed(0)
+    build_classifier(config.model, 32).save(run.model_path)
+    saved = run_splits(config, run.path)  # what the trainer does first
+    gone, edited = saved.test[0].path, saved.test[1].path
+    Path(gone).unlink()
+    Path(edited).write_bytes(Path(edited).read_bytes() + b"changed")
+    touch_images(data / "NORMAL", ["IM-0500-0001.png"])  # a new file is not evaluated
+
+    metrics = evaluate_run(run)
+    files = [p["file"] for p in metrics["predictions"]]
+    assert sorted(files) == sorted(r.path for r in saved.test[2:])
+    reasons = {item["file"]: item["reason"] for item in metrics["skipped"]}
+    assert "missing" in reasons[gone] and "changed since training" in reasons[edited]
+    changes = metrics["splits"]["changes"]
+    assert metrics["splits"]["from"] == "splits.json" and metrics["splits"]["note"] is None
+    assert len(changes["missing"]) == len(changes["changed"]) == 1 and changes["added"] == ["NORMAL/IM-0500-0001.png"]
 
 
 def test_evaluate_cli(finished_run, capsys):
