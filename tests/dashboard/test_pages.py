@@ -89,6 +89,30 @@ def test_data_page_reports_an_empty_class(tmp_path, empty_env):
     assert any("only class NORMAL has images" in e.value for e in at.error)
 
 
+def test_data_page_compares_the_folder_with_a_runs_saved_splits(tmp_path, empty_env):
+    from image_samples import touch_images
+
+    from core.config import preset
+    from core.runs import RunStore
+    from core.splits import run_splits
+
+    folder = tmp_path / "set"
+    touch_images(folder / "NORMAL", [f"IM-{k:04d}-0001.png" for k in range(10)])
+    touch_images(folder / "PNEUMONIA", [f"person{k}_virus_{k}.png" for k in range(10)])
+    config = preset("Quick CPU demo").with_overrides(**{"data.source": "folder", "data.path": str(folder)})
+    run = RunStore().create(config)
+    saved = run_splits(config, run.path)
+    changed = Path(saved.test[0].path)
+    changed.write_bytes(changed.read_bytes() + b"edited")
+    at = open_page(**{"cfg.data.source": "folder", "cfg.data.path": str(folder)})
+    assert "Splits saved with runs" in texts(at)
+    table = next(d.value for d in at.dataframe if "total" not in d.value.columns)  # the overview table has totals
+    assert table.loc["test", "NORMAL"] + table.loc["test", "PNEUMONIA"] == len(saved.test)
+    next(b for b in at.button if b.label.startswith("Compare this folder")).click().run()
+    assert any("1 changed" in w.value for w in at.warning)
+    assert changed.relative_to(folder).as_posix() in texts(at)
+
+
 def test_augmentation_sliders_are_shared_with_the_train_page(empty_env):
     at = open_page()
     at.slider(key="cfg.augment.rotation_degrees").set_value(30.0).run()
@@ -198,6 +222,23 @@ def test_evaluate_shows_the_metrics_at_the_runs_threshold(runs_env):
     assert metric(at, "Specificity") == f"{100 * expected['specificity']:.1f} %"
     assert metric(at, "ROC AUC") == f"{expected['roc_auc']:.3f}"
     assert "synthetic" in texts(at)
+
+
+def test_evaluate_says_which_test_images_were_skipped_and_why(finished_only_env):
+    from core.splits import FolderChanges
+
+    run = finished_only_env["finished"]
+    metrics = run.metrics()
+    why = "missing: in the run's saved test split, gone from the folder"
+    metrics["skipped"] = [{"file": "/data/test/NORMAL/IM-0001-0001.png", "reason": why}]
+    changes = FolderChanges(missing=["test/NORMAL/IM-0001-0001.png"], added=["test/NORMAL/new.png"], checked=("test",))
+    metrics["splits"] = {"from": "splits.json", "note": None, "changes": changes.to_dict()}
+    run.write_json("metrics.json", metrics)
+    at = open_page("evaluate")
+    assert any("1 missing, 1 added" in w.value for w in at.warning)
+    skipped = next(d.value for d in at.dataframe if "why" in d.value.columns)
+    assert skipped.to_dict("records") == [{"file": "IM-0001-0001.png", "why": why}]
+    assert "test/NORMAL/new.png" in texts(at)
 
 
 def test_threshold_slider_changes_the_confusion_matrix(runs_env):
