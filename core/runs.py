@@ -3,6 +3,9 @@
 The folder is the only interface between a trainer and its viewers: every write is atomic
 (temp file + rename) or an append of whole JSON lines, and readers tolerate a torn last line,
 so a dashboard refresh, a second viewer or a killed trainer never corrupts or loses a run.
+After launch the trainer is the only writer of ``status.json``; the launcher records what it
+started in ``launch.json``. Liveness is the trainer's heartbeat (host, pid, time), so a run
+trained on another host that shares the folder reads as running there and here.
 """
 from __future__ import annotations
 
@@ -16,19 +19,30 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-import psutil
-
 from core.config import RunConfig
+from core.run_status import (
+    ACTIVE_STATES,
+    HOST,
+    RESUMABLE_STATES,
+    RunStatus,
+    StatusWriter,
+    judge_status,
+    now_iso as _now,
+    process_alive,
+    process_start_time,
+    signal_trainer,
+    trainer_gone,
+)
 
-__all__ = ["RunError", "RunStatus", "Run", "RunStore", "default_store_root", "ACTIVE_STATES"]
+__all__ = ["RunError", "StopRequested", "RunStatus", "Run", "RunStore", "StatusWriter", "default_store_root", "ACTIVE_STATES",
+           "RESUMABLE_STATES"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("finished", "failed", "stopped", "interrupted")
 
 
@@ -36,13 +50,13 @@ class RunError(RuntimeError):
     """A run-store operation that cannot be done (unknown run, deleting a running run, …)."""
 
 
+class StopRequested(Exception):
+    """Raised in the trainer when a stop was asked (stop-request file or SIGTERM); the run ends "stopped"."""
+
+
 def default_store_root() -> Path:
     """``$CXR_STUDIO_RUNS`` if set, else the repository's ``models/`` folder."""
     return Path(os.environ.get("CXR_STUDIO_RUNS") or REPO_ROOT / "models")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -74,52 +88,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # torn write at the end of the file, or a line cut by a crash
     return rows
-
-
-@dataclass
-class RunStatus:
-    """What a run is doing now, as written by its trainer to ``status.json``."""
-
-    state: str = "created"  # created, queued, running, finished, failed, stopped, interrupted
-    pid: int | None = None
-    phase: str | None = None  # "head" | "finetune" | "threshold" | "evaluate"
-    epoch: int = 0  # completed epochs over the whole run
-    epochs_total: int = 0
-    step: int = 0
-    steps_per_epoch: int = 0
-    progress: float = 0.0  # 0..1 over the whole run
-    images_per_sec: float | None = None
-    eta_seconds: float | None = None
-    message: str = ""
-    error: str | None = None
-    device: dict[str, Any] = field(default_factory=dict)
-    best_val_auc: float | None = None
-    created_at: str | None = None
-    started_at: str | None = None
-    updated_at: str | None = None
-    finished_at: str | None = None
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "RunStatus":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE_STATES
-
-
-def _trainer_alive(pid: int | None) -> bool:
-    """True when ``pid`` is a live (non-zombie) trainer process, robust to pid reuse."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return "core.train" in " ".join(proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
 
 
 class Run:
@@ -171,24 +139,19 @@ class Run:
     def raw_status(self) -> RunStatus:
         return RunStatus.from_dict(self.read_json("status.json") or {})
 
-    def status(self) -> RunStatus:
-        """The saved status, with a trainer that died without saying so reported as interrupted."""
-        status = self.raw_status()
-        if status.active and not _trainer_alive(status.pid):
-            # A queued run gets a moment for its process to appear before it is called dead.
-            age = time.time() - (self.path / "status.json").stat().st_mtime
-            if status.state == "running" or age > 60:
-                status.state = "interrupted"
-                status.message = "The training process ended without finishing (killed or crashed). Resume continues from the last completed epoch."
-        return status
+    def launch_record(self) -> dict[str, Any] | None:
+        """What the last launcher started (``launch.json``: pid, pgid, host, time), if any."""
+        return self.read_json("launch.json")
+
+    def status(self, now: float | None = None) -> RunStatus:
+        """The status as a viewer should read it: running while the trainer's heartbeat is fresh (see
+        :func:`core.run_status.judge_status`)."""
+        return judge_status(self.raw_status(), self.launch_record(), now)
 
     def update_status(self, **fields: Any) -> RunStatus:
+        """Set status fields (run creation and tests; a trainer writes through :class:`StatusWriter`)."""
         status = self.raw_status()
-        for key, value in fields.items():
-            if key not in RunStatus.__dataclass_fields__:
-                raise KeyError(key)
-            setattr(status, key, value)
-        status.updated_at = _now()
+        status.set(**fields, updated_at=_now())
         self.write_json("status.json", asdict(status))
         return status
 
@@ -229,17 +192,42 @@ class Run:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     # --- control ----------------------------------------------------------------------------
+    def live_trainer(self) -> str | None:
+        """Who trains this run now, in words, or None: a fresh heartbeat on any host, or a live local process."""
+        status = self.raw_status()
+        where = f"on {status.host or 'an unknown host'} (pid {status.pid})"
+        if status.active and not trainer_gone(status):
+            return f"a trainer {where} is running it (heartbeat {status.heartbeat_age():.0f} s ago)"
+        if status.host == HOST and process_alive(status.pid, status.pid_started):
+            return f"its trainer process {where} is still alive although silent; force-stop it first"
+        return None
+
+    def check_can_start(self, resume: bool, by_trainer: bool = False) -> None:
+        """Raise :class:`RunError` unless this run may be started (new) or resumed now.
+
+        ``by_trainer``: asked by the trainer a launch just started, whose own launch must not count.
+        """
+        status = judge_status(self.raw_status(), None) if by_trainer else self.status()
+        owner = self.live_trainer()
+        if owner or status.state == "queued":
+            raise RunError(f"run {self.id} cannot be {'resumed' if resume else 'started'}: "
+                           + (owner or "a trainer was just launched for it"))
+        if resume and status.state not in RESUMABLE_STATES + ("created",):
+            raise RunError(f"run {self.id} is {status.state}: there is nothing to resume")
+        if not resume and status.state != "created":
+            raise RunError(f"run {self.id} was already started ({status.state}): resume it or create a new run")
+
     def launch(self, resume: bool = False, env: dict[str, str] | None = None) -> int:
-        """Start ``python -m core.train --run-dir …`` in its own session; returns its pid."""
-        status = self.status()
-        if status.active:
-            raise RunError(f"run {self.id} is already {status.state}")
+        """Start ``python -m core.train --run-dir …`` in its own session; returns its pid.
+
+        Only ``launch.json`` is written here: from now on the trainer owns ``status.json``.
+        """
+        self.check_can_start(resume)
         self.stop_path.unlink(missing_ok=True)
         args = [sys.executable, "-m", "core.train", "--run-dir", str(self.path)]
         if resume:
             args.append("--resume")
-        self.update_status(state="queued", pid=None, error=None,
-                           message="Resuming…" if resume else "Starting…")
+        started = time.time()  # before the trainer can write: its heartbeat is always later
         with open(self.log_path, "a") as log:
             proc = subprocess.Popen(
                 args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -247,21 +235,50 @@ class Run:
             )
         # Reap the child when it ends, so a long-lived launcher (the dashboard) collects no zombies.
         threading.Thread(target=proc.wait, name=f"reap-{self.id}", daemon=True).start()
-        self.update_status(pid=proc.pid)
+        self.write_json("launch.json", {"pid": proc.pid, "pgid": proc.pid, "host": HOST, "time": started,
+                                        "started": process_start_time(proc.pid), "resume": resume})
         return proc.pid
 
     def request_stop(self) -> None:
-        """Ask the trainer to stop after the current batch; the best checkpoint is kept."""
+        """Ask the trainer to stop after the current batch (works across hosts); the best checkpoint is kept."""
         atomic_write_text(self.stop_path, _now())
 
     def stop_requested(self) -> bool:
         return self.stop_path.exists()
 
-    def kill(self) -> None:
-        """Hard stop (SIGTERM to the trainer's process group) for a trainer that does not respond."""
-        pid = self.raw_status().pid
-        if _trainer_alive(pid):
-            os.killpg(os.getpgid(pid), signal.SIGTERM)
+    def kill(self, grace: float = 10.0, poll: float = 0.1) -> bool:
+        """Hard stop of a trainer on this host: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+        Signals go to the trainer's own process group when it leads one (as launched here), else
+        to its pid alone. Returns True when a process was signalled.
+
+        Raises:
+            RunError: the trainer runs on another host (only :meth:`request_stop` reaches it).
+        """
+        target = self._local_process()
+        if target is None:
+            status = self.status()
+            if status.active and status.host not in (None, HOST):
+                raise RunError(f"run {self.id} trains on {status.host}: stop it there, or use Stop (a stop request)")
+            return False
+        pid, pgid, started = target
+        signal_trainer(pid, pgid, signal.SIGTERM)
+        deadline = time.time() + grace
+        while time.time() < deadline and process_alive(pid, started):
+            time.sleep(poll)
+        if process_alive(pid, started):
+            signal_trainer(pid, pgid, signal.SIGKILL)
+        return True
+
+    def _local_process(self) -> tuple[int, int | None, float | None] | None:
+        """The live trainer process on this host (from the status, else the launch record)."""
+        status = self.raw_status()
+        if status.host == HOST and process_alive(status.pid, status.pid_started):
+            return status.pid, status.pgid, status.pid_started
+        launch = self.launch_record() or {}
+        if launch.get("host") == HOST and process_alive(launch.get("pid"), launch.get("started")):
+            return launch["pid"], launch.get("pgid"), launch.get("started")
+        return None
 
     def wait(self, timeout: float = 600, poll: float = 0.5) -> RunStatus:
         """Block until the run is no longer active (for scripts and tests)."""
@@ -308,6 +325,10 @@ class RunStore:
         runs = [Run(p) for p in self.root.iterdir() if p.is_dir() and (p / "config.json").exists()]
         return sorted(runs, key=lambda run: run.id, reverse=True)
 
+    def resumable(self) -> list[Run]:
+        """Runs that ended without finishing (interrupted, stopped, failed), newest first."""
+        return [run for run in self.list() if run.status().state in RESUMABLE_STATES]
+
     def get(self, run_id: str) -> Run:
         path = self.root / run_id
         if not re.fullmatch(r"[\w.-]+", run_id) or not (path / "config.json").exists():
@@ -316,7 +337,7 @@ class RunStore:
 
     def delete(self, run_id: str) -> None:
         run = self.get(run_id)
-        if run.status().active:
+        if run.status().active or run.live_trainer():
             raise RunError(f"run {run_id} is still running; stop it first")
         shutil.rmtree(run.path)
 

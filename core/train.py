@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import ConfigError, PhaseConfig, RunConfig, preset, PRESETS
-from core.runs import Run, RunStore
+from core.runs import Run, RunStore, StatusWriter
 
 __all__ = ["train_run", "main", "StopRequested", "class_weights", "estimate_run_time", "PHASES"]
 
@@ -173,7 +173,7 @@ def _train_run(run: Run, resume: bool) -> None:
     state = _ResumeState.read(run) if resume else _ResumeState()
     if resume:
         run.truncate_history(state.epoch)
-    run.update_status(state="running", pid=os.getpid(), started_at=run.raw_status().started_at or _now(),
+    run.update_status(state="running", started_at=run.raw_status().started_at or _now(),
                       error=None, message="Preparing data…")
     keras.utils.set_random_seed(config.train.seed + state.epoch)
 
@@ -382,6 +382,13 @@ def run_and_record(run: Run, resume: bool) -> int:
     logging.getLogger("cxr_studio").addHandler(handler)
     # SIGTERM (the dashboard's hard stop) ends the run as "stopped", like a stop request.
     signal.signal(signal.SIGTERM, _raise_stop)
+    owner = run.live_trainer()
+    if owner:
+        log.error("not training run %s: %s", run.id, owner)
+        return 3
+    # From here this process is the only writer of status.json, with a heartbeat.
+    writer = StatusWriter(run).start(state="running", error=None, message="Starting…")
+    run.update_status = writer.update  # interim: the trainer's writes go through the heartbeat writer
     try:
         train_run(run, resume=resume)
         return 0
@@ -394,6 +401,7 @@ def run_and_record(run: Run, resume: bool) -> int:
         run.update_status(state="failed", finished_at=_now(), error=_readable(exc), message="Failed")
         return 2
     finally:
+        writer.close()
         run.stop_path.unlink(missing_ok=True)
 
 

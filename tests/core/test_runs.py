@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from core.config import preset
+from core.run_status import HOST, STALE_AFTER_SECONDS, StatusWriter, process_alive, process_start_time
 from core.runs import RunError, RunStore, read_jsonl
 
 
@@ -55,13 +58,86 @@ def test_status_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     json.loads((run.path / "status.json").read_text())
 
 
-def test_dead_trainer_is_reported_as_interrupted(tmp_path):
-    run = RunStore(tmp_path).create(_tiny_config())
-    run.update_status(state="running", pid=2 ** 22 + 12345)  # no such process
+def _beat_from(run, host: str = "gpu-server-7", **fields) -> None:
+    """Write status.json as a trainer on ``host`` does: state, host, pid and a heartbeat time."""
+    run.update_status(**{"state": "running", "host": host, "pid": 4242, "heartbeat_at": time.time(), **fields})
+
+
+def test_a_trainer_on_another_host_reads_as_running_while_its_heartbeat_is_fresh(tmp_path):
+    store = RunStore(tmp_path)
+    run = store.create(_tiny_config())
+    _beat_from(run)  # pid 4242 need not exist here: it is the other host's
+    assert run.status().state == "running"
+    with pytest.raises(RunError, match="gpu-server-7"):
+        run.launch(resume=True)  # a second trainer in the same folder is refused
+    with pytest.raises(RunError, match="still running"):
+        store.delete(run.id)
+    with pytest.raises(RunError, match="gpu-server-7"):
+        run.kill()  # signals cannot reach another host: only the stop request does
+    _beat_from(run, heartbeat_at=time.time() - STALE_AFTER_SECONDS - 1)
     status = run.status()
     assert status.state == "interrupted" and "Resume" in status.message
-    run.update_status(state="running", pid=os.getpid())  # alive, but not a trainer (pid reuse)
+    assert [r.id for r in store.resumable()] == [run.id]
+
+
+def test_a_dead_trainer_on_this_host_is_interrupted_without_waiting_for_its_heartbeat(tmp_path):
+    run = RunStore(tmp_path).create(_tiny_config())
+    _beat_from(run, host=HOST, pid=2 ** 22 + 12345)  # no such process
     assert run.status().state == "interrupted"
+    started = process_start_time(os.getpid())
+    _beat_from(run, host=HOST, pid=os.getpid(), pid_started=started + 100)  # a reused pid: another process
+    assert run.status().state == "interrupted"
+    run.update_status(state="running", host=None, pid=os.getpid(), pid_started=None, heartbeat_at=None)
+    assert run.status().state == "interrupted"  # an older status without a heartbeat
+
+
+def test_status_writer_keeps_the_heartbeat_fresh_without_losing_fields(tmp_path):
+    run = RunStore(tmp_path).create(_tiny_config())
+    with StatusWriter(run, interval=0.05).start(state="running", epoch=3) as writer:
+        first = run.raw_status().heartbeat_at
+        _wait_until(lambda: run.raw_status().heartbeat_at > first)
+        after = writer.update(step=7).heartbeat_at
+        _wait_until(lambda: run.raw_status().heartbeat_at > after)  # a beat later, the step is still there
+        status = run.status()
+        assert (status.state, status.epoch, status.step) == ("running", 3, 7)
+        assert (status.host, status.pid, status.pgid) == (HOST, os.getpid(), os.getpgrp())
+        with pytest.raises(RunError, match="heartbeat"):
+            run.check_can_start(resume=True)
+    assert run.raw_status().created_at, "fields written before the trainer started are kept"
+
+
+# Stands in for ``python -m core.train``: ignores SIGTERM and starts a child in its own process group.
+STAND_IN = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            "open(sys.argv[1], 'w').write(str(child.pid)); time.sleep(120)")
+
+
+def test_launcher_never_writes_status_and_kill_ends_the_trainers_process_group(tmp_path, monkeypatch):
+    run = RunStore(tmp_path / "runs").create(_tiny_config())
+    _beat_from(run, host=HOST, pid=2 ** 22 + 12345, epoch=2)  # a trainer of this host that was killed
+    assert run.status().state == "interrupted"
+    before = (run.path / "status.json").read_bytes()
+    child_file = tmp_path / "child.pid"
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: real_popen(
+        [sys.executable, "-c", STAND_IN, str(child_file)], **kw))
+    with pytest.raises(RunError, match="already started"):
+        run.launch()  # a used folder is resumed, never trained again from scratch
+    pid = run.launch(resume=True)
+    launch = run.launch_record()
+    assert (launch["pid"], launch["pgid"], launch["host"], launch["resume"]) == (pid, pid, HOST, True)
+    assert run.status().state == "queued"  # the launch is newer than the dead trainer's last heartbeat
+    with pytest.raises(RunError, match="just launched"):
+        run.launch(resume=True)
+    _wait_until(lambda: child_file.exists() and child_file.read_text())
+    child = int(child_file.read_text())
+    child_started = process_start_time(child)
+    assert os.getpgid(child) == pid != os.getpgrp()  # the trainer leads its own group; ours is not in it
+    assert run.kill(grace=0.5)  # SIGTERM is ignored here, so SIGKILL follows the grace period
+    _wait_until(lambda: not process_alive(pid, launch["started"]) and not process_alive(child, child_started))
+    status = run.status()
+    assert status.state == "failed" and "before it reported" in status.error
+    assert (run.path / "status.json").read_bytes() == before, "only the trainer writes status.json"
 
 
 @pytest.mark.slow
@@ -110,3 +186,10 @@ def _wait_for(condition, timeout: float, run) -> None:
             raise AssertionError(f"run failed: {run.raw_status().error}\n{run.log_tail()}")
         time.sleep(0.2)
     raise AssertionError(f"timed out; status {run.status()}\n{run.log_tail()}")
+
+
+def _wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 
 from core.config import preset
 from core.runs import RunStore
+
+REPO = Path(__file__).resolve().parents[2]
 
 FAILED_ERROR = ("ImageNet weights for VGG16 are unavailable: vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 "
                 "is not in the Keras cache (~/.keras/models) and the download failed (URLError: offline).")
@@ -60,16 +63,24 @@ def make_failed_run(store: RunStore):
     return run
 
 
+# A stand-in trainer: it owns status.json from here on and keeps its heartbeat fresh, as a trainer does.
+STAND_IN = ("import sys, time; from core.runs import Run, StatusWriter; "
+            "StatusWriter(Run(sys.argv[1]), interval=1.0).start(); time.sleep(600)")
+
+
 def make_running_run(store: RunStore):
-    """A run whose trainer is a sleeping stand-in process (its command line names core.train)."""
+    """A run trained by a sleeping stand-in process that writes the trainer's heartbeat."""
     run = store.create(preset("Quick CPU demo").with_overrides(name="running-demo"))
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "core.train"])
-    run.update_status(state="running", pid=proc.pid, phase="finetune", epoch=1, epochs_total=8, step=5,
+    run.update_status(state="running", phase="finetune", epoch=1, epochs_total=8, step=5,
                       steps_per_epoch=14, progress=0.18, images_per_sec=321.0, eta_seconds=95,
                       message="finetune: epoch 2/8, step 5/14",
                       device={"strategy": "cpu", "replicas": 1, "gpus": 0, "precision": "float32",
                               "jit_compile": False, "reason": "device auto: no GPU found"})
     _epochs(run, ["finetune"])
+    proc = subprocess.Popen([sys.executable, "-c", STAND_IN, str(run.path)], cwd=REPO)
+    deadline = time.time() + 60
+    while run.raw_status().pid != proc.pid and time.time() < deadline:
+        time.sleep(0.1)
     return run, proc
 
 
