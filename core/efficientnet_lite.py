@@ -346,12 +346,12 @@ def _torch_names(model: keras.Model) -> dict[str, list[str]]:
              "top_conv": ["_conv_head.weight"], "top_bn": bn("_bn1"), "predictions": ["_fc.weight", "_fc.bias"]}
     blocks = [m.group(1) for layer in model.layers if (m := re.fullmatch(r"(block\d+[a-z])_dwconv", layer.name))]
     for index, block in enumerate(blocks):
-        torch_block = f"_blocks.{index}."
-        for ours, conv, norm in (("expand", "_expand_conv", "_bn0"), ("", "_depthwise_conv", "_bn1"),
-                                 ("project", "_project_conv", "_bn2")):
-            conv_name = f"{block}_{ours}_conv" if ours else f"{block}_dwconv"
-            names[conv_name] = [f"{torch_block}{conv}.weight"]
-            names[f"{block}_{ours}_bn" if ours else f"{block}_bn"] = bn(f"{torch_block}{norm}")
+        t = f"_blocks.{index}."
+        names |= {
+            f"{block}_expand_conv": [f"{t}_expand_conv.weight"], f"{block}_expand_bn": bn(f"{t}_bn0"),
+            f"{block}_dwconv": [f"{t}_depthwise_conv.weight"], f"{block}_bn": bn(f"{t}_bn1"),
+            f"{block}_project_conv": [f"{t}_project_conv.weight"], f"{block}_project_bn": bn(f"{t}_bn2"),
+        }
     return names
 
 
