@@ -8,7 +8,6 @@ import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,7 +33,7 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 MIN_SIDE = 32
 MAX_MEGAPIXELS = 100
 
-ImageSource = Union[bytes, bytearray, memoryview, str, Path]
+ImageSource = bytes | bytearray | memoryview | str | Path
 """File bytes (an upload), a file path, or a MedMNIST reference ``"x.npz::split::i"``."""
 
 
