@@ -387,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_id")
     parser.add_argument("--store", default=None, help="run store folder (default models/ or $CXR_STUDIO_RUNS)")
     args = parser.parse_args(argv)
+    from core.startup import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from core.runs import RunError, RunStore
 
     try:

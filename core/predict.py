@@ -89,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit status 0 when every image was read, 1 when any image failed, 2 when the run is unusable.
     """
+    from core.startup import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from core.explain import CAM_METHODS
 
     parser = argparse.ArgumentParser(prog="python -m core.predict",
