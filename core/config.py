@@ -15,6 +15,7 @@ __all__ = [
     "PhaseConfig",
     "TrainConfig",
     "RunConfig",
+    "MONITORS",
     "PRESETS",
     "preset",
     "AUGMENT_STRENGTHS",
@@ -28,6 +29,8 @@ CacheMode = Literal["memory", "disk", "none"]
 ThresholdMethod = Literal["youden", "robust_youden", "youden_midpoint", "sensitivity", "fixed"]
 Device = Literal["auto", "cpu", "gpu", "mirrored", "multiworker"]
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+Monitor = Literal["val_loss", "val_exact_auc"]
+MONITORS = ("val_loss", "val_exact_auc")
 
 
 class ConfigError(ValueError):
@@ -53,6 +56,7 @@ class DataConfig:
     resize_mode: ResizeMode = "stretch"
     validation: Validation = "patient_split"
     val_fraction: float = 0.15
+    split_seed: int | None = None  # seed of the patient-grouped validation split; empty = the training seed
     cache: CacheMode = "memory"
     max_images_per_class: int | None = None  # a balanced subset for quick runs
     max_test_images_per_class: int | None = None
@@ -70,6 +74,7 @@ class DataConfig:
             value = getattr(self, name)
             _check(value is None or value >= 2, f"data.{name}", f"must be at least 2 or empty; got {value}")
         _check(self.demo_images_per_class >= 8, "data.demo_images_per_class", "must be at least 8")
+        _check(self.split_seed is None or self.split_seed >= 0, "data.split_seed", "must be ≥ 0 or empty")
 
 
 @dataclass
@@ -178,7 +183,10 @@ class TrainConfig:
     finetune: PhaseConfig = field(default_factory=lambda: PhaseConfig(10, 1e-5))
     batch_size: int = 32
     class_weight: Literal["balanced", "none"] = "balanced"
-    early_stopping_patience: int = 3  # epochs without val AUC gain; 0 = off
+    # What each phase's best checkpoint and early stopping follow: validation loss, or scikit-learn's
+    # exact ROC AUC over every validation image (Keras's 200-bin AUC saturates near 1).
+    monitor: Monitor = "val_loss"
+    early_stopping_patience: int = 3  # epochs of a phase without a better monitored value; 0 = off
     threshold_method: ThresholdMethod = "youden"
     target_sensitivity: float = 0.95
     seed: int = 42
@@ -194,6 +202,9 @@ class TrainConfig:
         _check(self.head.epochs + self.finetune.epochs > 0, "train", "at least one phase needs epochs")
         _check(1 <= self.batch_size <= 1024, "train.batch_size", "must be 1..1024")
         _one_of(self.class_weight, ("balanced", "none"), "train.class_weight")
+        _check(self.monitor in MONITORS, "train.monitor",
+               f"must be one of {', '.join(MONITORS)} (validation loss, or the exact ROC AUC over every "
+               f"validation image); got {self.monitor!r}")
         _check(0 <= self.early_stopping_patience <= 100, "train.early_stopping_patience", "must be 0..100")
         from core.threshold import THRESHOLD_METHODS  # local import: config stays light
 
@@ -222,6 +233,15 @@ class RunConfig:
         self.model.validate()
         self.train.validate()
         return self
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the validation split: ``data.split_seed``, else the training seed.
+
+        Members of a seed ensemble share one split (and so one validation set) while their
+        training seeds differ.
+        """
+        return self.train.seed if self.data.split_seed is None else self.data.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -275,7 +275,7 @@ def run_splits(config: RunConfig, run_path: str | Path, *, create: bool = True,
     saved = saved_splits(run_path)
     if saved is not None:
         return saved
-    splits = resolve_splits(config.data, config.train.seed, cache_dir)
+    splits = resolve_splits(config.data, config.split_seed, cache_dir)
     if not create:
         splits.note = NO_MANIFEST_NOTE
         return splits

@@ -44,3 +44,13 @@ def test_augmentation_off_is_detected():
     off = config.with_overrides(**{f"augment.{k}": 0 for k in
                                    ("rotation_degrees", "zoom", "shift", "brightness", "contrast", "noise_std")})
     assert not off.augment.active
+
+
+def test_split_seed_defaults_to_the_training_seed_and_can_be_pinned():
+    config = RunConfig()
+    config.train.seed = 5
+    assert config.split_seed == 5
+    pinned = config.with_overrides(**{"data.split_seed": 0, "train.seed": 9})
+    assert pinned.split_seed == 0 and pinned.train.seed == 9
+    with pytest.raises(ConfigError, match="data.split_seed"):
+        config.with_overrides(**{"data.split_seed": -1}).validate()

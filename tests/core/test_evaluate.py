@@ -163,7 +163,7 @@ def test_evaluate_run_writes_metrics_matching_single_image_prediction(finished_r
     metrics = evaluate_run(run.path.name, store=store, progress=lambda f, m: fractions.append(f))
     assert run.read_json("metrics.json")["roc_auc"] == metrics["roc_auc"]
     assert "re-derived" in metrics["splits"]["note"]  # a run from before splits.json
-    test = resolve_splits(run.config().data, run.config().train.seed).test
+    test = resolve_splits(run.config().data, run.config().split_seed).test
     assert metrics["n"] == len(test) == len(metrics["predictions"])
     assert metrics["threshold"] == 0.45 and metrics["at_0.5"]["threshold"] == 0.5
     assert set(metrics["ci"]) == {"accuracy", "sensitivity", "specificity", "roc_auc", "pr_auc"}

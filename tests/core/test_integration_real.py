@@ -21,7 +21,7 @@ def test_short_run_on_real_xrays_trains_evaluates_and_explains(tmp_path, real_da
         "data.max_images_per_class": 60, "data.max_test_images_per_class": 20,
         "train.finetune.epochs": 3, "train.early_stopping_patience": 0,
     })
-    splits = resolve_splits(config.data, config.train.seed)
+    splits = resolve_splits(config.data, config.split_seed)
     assert len(splits.test) == 40 and all(r.split == "test" for r in splits.test)
     assert not {r.patient for r in splits.train} & {r.patient for r in splits.val}
 
