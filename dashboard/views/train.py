@@ -10,15 +10,11 @@ import streamlit as st
 
 from core.backbones import BACKBONES
 from core.config import PRESETS, ConfigError, RunConfig, preset
-from core.datasets import DatasetError
 from core.runs import Run, RunError
 from dashboard import charts, resources, state
 
 IMAGE_SIZES = [32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512]
 BATCH_SIZES = [4, 8, 16, 32, 64, 128, 256]
-# Patient-grouped split sizes of the Kaggle set (5,216 train images, 15 % to validation), used to
-# estimate a Kaggle run before the set is downloaded.
-KAGGLE_TRAIN_VAL = (4434, 782)
 
 st.title("Train")
 st.caption("Pick a preset or tune the settings, start training, and watch it learn. Training runs in a "
@@ -72,7 +68,10 @@ def live_panel(run: Run) -> None:
                     if run.stop_requested():
                         st.info("Stop requested: it ends after the current batch.", icon=":material/hourglass_top:")
                         if st.button("Force stop", key=f"kill-{run.id}", help="Terminate the training process now."):
-                            run.kill()
+                            try:
+                                run.kill()
+                            except RunError as exc:
+                                st.error(str(exc))
                     elif st.button("Stop", key=f"stop-{run.id}", icon=":material/stop_circle:", type="secondary",
                                    help="Stop after the current batch; the best checkpoint is kept."):
                         run.request_stop()
@@ -149,18 +148,10 @@ PRESET_TEXT = {
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def estimate(config_json: str) -> dict:
-    """A one-batch probe of the settings on this machine (``core.train.estimate_run_time``)."""
-    from core.train import estimate_run_time
+    """A one-batch probe of the settings, in its own process: nothing trains, downloads or changes Keras here."""
+    from core.estimate import estimate_in_subprocess
 
-    config = RunConfig.from_json(config_json)
-    try:
-        return estimate_run_time(config, steps=1)
-    except DatasetError:
-        if config.data.source != "kaggle":
-            raise
-        result = estimate_run_time(config, *KAGGLE_TRAIN_VAL, steps=1)
-        result["note"] += "; Kaggle set not downloaded yet: its standard size was assumed"
-        return result
+    return estimate_in_subprocess(RunConfig.from_json(config_json), steps=1)
 
 
 def show_estimate(config: RunConfig, key: str) -> None:
@@ -181,7 +172,7 @@ def show_estimate(config: RunConfig, key: str) -> None:
             try:
                 estimate.clear() if text in known else None
                 known[text] = estimate(text)
-            except (ConfigError, DatasetError, ValueError, RuntimeError, MemoryError) as exc:
+            except (ConfigError, RuntimeError) as exc:  # EstimateError is a RuntimeError
                 known[text] = {"error": f"Could not measure: {exc}"}
         st.rerun()
 
@@ -304,9 +295,13 @@ with schedule_tab:
         st.select_slider("Batch size", BATCH_SIZES, key="cfg.train.batch_size")
         st.radio("Class weights", ["balanced", "none"], key="cfg.train.class_weight", horizontal=True,
                  help="Balanced weights make the rarer class count as much as the common one.")
+        st.radio("Best epoch by", ["val_loss", "val_exact_auc"], key="cfg.train.monitor", horizontal=True,
+                 format_func={"val_loss": "validation loss", "val_exact_auc": "validation ROC AUC"}.get,
+                 help="What each phase's best checkpoint and early stopping follow. The AUC is computed exactly "
+                      "over every validation image (scikit-learn), not from Keras's 200-bin approximation.")
         st.number_input("Early stopping patience (epochs, 0 = off)", 0, 100, step=1,
                         key="cfg.train.early_stopping_patience",
-                        help="Stop a phase when validation AUC has not improved for this many epochs.")
+                        help="Stop a phase when its best-epoch measure has not improved for this many epochs.")
     with st.expander("Threshold, device and reproducibility"):
         a, b, c = st.columns(3)
         a.radio("Decision threshold chosen on validation by", ["youden", "sensitivity"], key="cfg.train.threshold_method",

@@ -164,6 +164,24 @@ def test_start_creates_a_run_from_the_settings_and_launches_it(empty_env, monkey
     assert runs[0].config().train.finetune.epochs == 2
 
 
+def test_time_estimate_is_measured_in_its_own_process(empty_env, monkeypatch):
+    """The page asks a ``python -m core.train --estimate`` process: it never trains or sets Keras's dtype policy itself."""
+    import core.estimate
+
+    asked = []
+
+    def in_subprocess(config, steps=1, timeout=600):
+        asked.append((config.name, steps))
+        return {"total_seconds": 90.0, "seconds_per_epoch": {"finetune": 7.5}, "note": "measured on 1 batch of 32"}
+
+    monkeypatch.setattr(core.estimate, "estimate_in_subprocess", in_subprocess)
+    monkeypatch.setattr(core.estimate, "estimate_run_time", lambda *a, **k: pytest.fail("probed in the server's process"))
+    at = open_page("train")
+    next(b for b in at.button if b.label == "Measure on this machine").click().run()
+    assert len(asked) == 1 and asked[0][1] == 1
+    assert "on this machine" in texts(at) and "measured on 1 batch of 32" in texts(at)
+
+
 def test_live_panel_shows_the_running_run_and_stops_it(runs_env):
     running = runs_env["running"]
     at = open_page("train")
