@@ -224,22 +224,25 @@ def test_time_estimate_runs_in_its_own_process_and_leaves_the_callers_keras_alon
 
 @pytest.mark.slow
 def test_final_model_is_the_best_checkpoint_of_the_last_phase(tmp_path, cache_dir):
-    """Checkpoints follow val_loss within each phase; fine-tuning starts from the head's best, and model.keras is
-    fine-tuning's own best (it does not have to beat the head)."""
+    """Checkpoints and early stopping follow val_loss within each phase; fine-tuning starts from the head's best,
+    and model.keras is fine-tuning's own best (it does not have to beat the head)."""
     from core.model import load_model
     from core.pipeline import load_arrays
     from core.splits import run_splits
 
     # VGG16 has no BatchNorm, whose moving statistics would move even at a learning rate of ~0.
-    config = _two_phase_config(head=3, finetune=2, **{
+    config = _two_phase_config(head=6, finetune=2, **{
         "model.backbone": "vgg16", "model.weights": "none", "model.unfreeze_from_block": 5, "train.precision": "float32",
-        "train.head.learning_rate": 0.3, "train.finetune.learning_rate": 1e-9})
+        "train.head.learning_rate": 0.3, "train.finetune.learning_rate": 1e-9, "train.early_stopping_patience": 1})
     run = RunStore(tmp_path).create(config)
     assert run_and_record(run, resume=False) == 0, run.raw_status().error
     rows = run.history("epoch")
     head = [row for row in rows if row["phase"] == "head"]
     finetune = [row for row in rows if row["phase"] == "finetune"]
     assert head[-1]["val_loss"] > min(row["val_loss"] for row in head) + 0.1, "the head's best is not its last epoch"
+    # Patience 1 within the phase: the head stopped one epoch after its best; fine-tuning kept its own epochs.
+    assert len(head) < 6 and head[-1]["stops_phase"] and not any(row["stops_phase"] for row in head[:-1])
+    assert [row["epoch"] for row in finetune] == [7, 8]
     # At a learning rate of 1e-9 fine-tuning cannot move: its first epoch shows where it started.
     assert finetune[0]["val_loss"] == pytest.approx(min(row["val_loss"] for row in head), abs=1e-4)
     best = min(finetune, key=lambda row: row["val_loss"])
