@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ __all__ = [
     "compute_metrics",
     "bootstrap_ci",
     "predict_probabilities",
+    "TestImages",
+    "load_test_images",
     "evaluate_run",
     "main",
 ]
@@ -265,6 +268,48 @@ _HEADLINE = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_a
              "threshold", "confusion")
 
 
+@dataclass
+class TestImages:
+    """A run's saved test split as the model reads it: records, uint8 images, labels, and what was skipped."""
+
+    records: list[Any]
+    images: np.ndarray
+    labels: np.ndarray
+    skipped: list[dict[str, str]]
+    splits: Any  # core.splits.Splits
+    changes: Any  # core.splits.FolderChanges | None
+
+
+def load_test_images(run: Any, config: Any) -> TestImages:
+    """The run's saved test images through the one image path (``core.pipeline.load_arrays``).
+
+    Images missing or changed since training (by sha256) and unreadable ones are skipped and listed.
+
+    Raises:
+        RunError: the run has no test images, or none can be used.
+    """
+    from core.pipeline import load_arrays
+    from core.runs import RunError
+    from core.sample import portable_path
+    from core.splits import folder_changes, run_splits
+
+    splits = run_splits(config, run.path, create=False)  # the saved test list, never the folder as it is now
+    records = list(splits.test)
+    if not records:
+        raise RunError(f"the data source of run {run.path.name} has no test images")
+    changes = folder_changes(splits, check=("test",)) if splits.hashes else None
+    unusable = changes.unusable if changes is not None else {}  # missing or changed since training
+    skipped = [{"file": portable_path(r.path), "reason": unusable[r.path]} for r in records if r.path in unusable]
+    records = [r for r in records if r.path not in unusable]
+    if not records:
+        raise RunError(f"none of the {len(skipped)} test images of run {run.path.name} can be evaluated: "
+                       f"{changes.summary() if changes else 'see the skipped list'}")
+    loaded = load_arrays(records, config.data.image_size, config.data.resize_mode, cache=config.data.cache)
+    records = [records[i] for i in loaded.kept]  # unreadable files are skipped
+    skipped += [{"file": portable_path(path), "reason": reason} for path, reason in loaded.skipped]
+    return TestImages(records, loaded.images, loaded.labels, skipped, splits, changes)
+
+
 def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) -> dict[str, Any]:
     """Evaluate a finished run on its test split and save the result as the run's ``metrics.json``.
 
@@ -274,9 +319,9 @@ def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) 
     sensitivity per pneumonia subtype. ``run`` is a ``core.runs.Run`` or a run id in ``store``.
     """
     from core.model import load_model
-    from core.pipeline import load_arrays, make_dataset
+    from core.pipeline import make_dataset
     from core.runs import RunError, RunStore
-    from core.splits import folder_changes, run_splits
+    from core.sample import portable_path
 
     if isinstance(run, str):
         run = (store or RunStore()).get(run)
@@ -290,23 +335,10 @@ def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) 
 
     report(0.0, "loading the model")
     model = load_model(run.model_path)
-    report(0.05, "finding the test images")
-    splits = run_splits(config, run.path, create=False)  # the saved test list, never the folder as it is now
-    records = list(splits.test)
-    if not records:
-        raise RunError(f"the data source of run {run.path.name} has no test images")
-    changes = folder_changes(splits, check=("test",)) if splits.hashes else None
-    unusable = changes.unusable if changes is not None else {}  # missing or changed since training
-    skipped = [{"file": r.path, "reason": unusable[r.path]} for r in records if r.path in unusable]
-    records = [r for r in records if r.path not in unusable]
-    if not records:
-        raise RunError(f"none of the {len(skipped)} test images of run {run.path.name} can be evaluated: "
-                       f"{changes.summary() if changes else 'see the skipped list'}")
-    report(0.1, f"loading {len(records)} test images")
-    loaded = load_arrays(records, config.data.image_size, config.data.resize_mode, cache=config.data.cache)
-    images, labels = loaded
-    records = [records[i] for i in loaded.kept]  # unreadable files are skipped
-    skipped += [{"file": str(path), "reason": reason} for path, reason in loaded.skipped]
+    report(0.05, "loading the test images")
+    test = load_test_images(run, config)
+    records, images, labels, skipped, splits, changes = (test.records, test.images, test.labels, test.skipped,
+                                                        test.splits, test.changes)
     dataset = make_dataset(images, labels, config.train.batch_size, training=False)
     prob = predict_probabilities(
         model, dataset, progress=lambda f, m: report(0.15 + 0.75 * f, m), total=len(records))
@@ -331,7 +363,7 @@ def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) 
         "n_patients": len(set(patients)),
         "skipped": skipped,
         "predictions": [
-            {"file": str(r.path), "label": int(label), "probability": float(p),
+            {"file": portable_path(r.path), "label": int(label), "probability": float(p),
              "patient": r.patient, "subtype": r.subtype}
             for r, label, p in zip(records, y, prob)
         ],

@@ -133,6 +133,8 @@ def index_source(cfg: DataConfig, cache_dir: str | Path | None = None) -> tuple[
 
         root = ensure_demo_dataset(cache_dir, images_per_class=cfg.demo_images_per_class)
         return find_dataset(root), f"synthetic demo set (generated, not real X-rays) at {root}"
+    if cfg.source == "sample":
+        return _sample_index()
     if cfg.source == "medmnist":
         if not cfg.path:
             raise DatasetError("a MedMNIST source needs data.path pointing to the .npz file")
@@ -144,6 +146,24 @@ def index_source(cfg: DataConfig, cache_dir: str | Path | None = None) -> tuple[
         index = find_dataset(path)
         return index, f"{'Kaggle chest_xray' if index.layout == 'kaggle' else 'class folders'} at {index.root}"
     raise DatasetError(f"unknown data source {cfg.source!r}")
+
+
+def _sample_index() -> tuple[DatasetIndex, str]:
+    """The bundled real sample, less any film its integrity check finds missing or altered."""
+    from core.sample import check_sample, portable_path, sample_root
+
+    check = check_sample()
+    if check.problem:
+        raise DatasetError(f"{check.problem}. Restore it with `git checkout -- sample/` (or rebuild it with "
+                           "`python -m core.datasets make-sample`), or choose another data source")
+    index = find_dataset(sample_root())
+    if check.damaged:
+        bad = {os.path.join(index.root, *rel.split("/")) for rel in check.damaged}
+        index.records = [r for r in index.records if r.path not in bad]
+    if not check.ok:
+        index.problems.insert(0, check.summary())
+    return index, (f"bundled real sample of the Kaggle chest X-ray set ({portable_path(index.root)}; CC BY 4.0, "
+                   "Kermany et al. 2018)")
 
 
 def resolve_splits(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -> Splits:
@@ -228,8 +248,11 @@ def write_manifest(splits: Splits, path: str | Path) -> None:
     rows = [{"file": _relative(r.path, splits.root, splits.layout), "split": r.split, "label": r.label,
              "patient": r.patient, "subtype": r.subtype, "sha256": digest}
             for r, digest in zip(records, _digests([r.path for r in records]))]
+    from core.sample import portable_path
+
+    # A root inside the repository is saved relative to it, so a run shipped in models/ finds its images.
     manifest = {"version": MANIFEST_VERSION, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "root": splits.root, "layout": splits.layout, "source": splits.source, "images": rows}
+                "root": portable_path(splits.root), "layout": splits.layout, "source": splits.source, "images": rows}
     atomic_write_text(Path(path), json.dumps(manifest, indent=1))
 
 
@@ -239,9 +262,11 @@ def read_manifest(path: str | Path) -> Splits:
     Raises:
         DatasetError: the manifest is unreadable or not a split manifest.
     """
+    from core.sample import local_path
+
     try:
         raw = json.loads(Path(path).read_text())
-        root, layout = str(raw["root"]), str(raw["layout"])
+        root, layout = local_path(str(raw["root"])), str(raw["layout"])
         by_split: dict[str, list[ImageRecord]] = {name: [] for name in (*SPLIT_NAMES, "unused")}
         hashes: dict[str, str] = {}
         for row in raw["images"]:
