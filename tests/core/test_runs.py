@@ -112,6 +112,7 @@ STAND_IN = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM,
             "open(sys.argv[1], 'w').write(str(child.pid)); time.sleep(120)")
 
 
+@pytest.mark.slow
 def test_launcher_never_writes_status_and_kill_ends_the_trainers_process_group(tmp_path, monkeypatch):
     run = RunStore(tmp_path / "runs").create(_tiny_config())
     _beat_from(run, host=HOST, pid=2 ** 22 + 12345, epoch=2)  # a trainer of this host that was killed
