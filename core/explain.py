@@ -22,6 +22,7 @@ __all__ = [
     "default_cam_layer",
     "cam_layer_choices",
     "overlay",
+    "cam_on_film",
     "colorize",
     "deletion_score",
     "mass_inside",
@@ -76,6 +77,21 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an image (H,W), (H,W,1) or (H,W,3); got shape {image.shape}")
     return np.clip(np.round(image.astype(np.float64)), 0, 255).astype(np.uint8)
+
+
+def cam_on_film(cam: np.ndarray, height: int, width: int, resize_mode: str = "stretch") -> np.ndarray:
+    """A model-input heatmap (S,S) mapped back onto the film at its own size (height, width), float32 0..1.
+
+    Undoes the framing of :func:`core.images.resize_gray`: a stretched film's map is rescaled per
+    axis; a letterboxed film's map is cut to the film's area inside the padding first. The film
+    can then be shown at its true aspect ratio and full resolution, with the heatmap on it.
+    """
+    from core.images import _resize_plan
+
+    cam = np.asarray(cam, dtype=np.float32)
+    size = cam.shape[0]
+    (new_w, new_h), (left, top) = _resize_plan(width, height, size, resize_mode)
+    return _resize(cam[top:top + new_h, left:left + new_w], (height, width))
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, opacity: float = 0.4, colormap: str = "jet") -> np.ndarray:
@@ -296,6 +312,24 @@ class Explainer:
         alphas = alphas / (norm + tf.cast(norm == 0.0, norm.dtype))
         weights = tf.reduce_sum(d1 * alphas, axis=(1, 2), keepdims=True)
         return logit, tf.reduce_sum(weights * features, axis=-1)
+
+    def gradcam_batch(self, images: np.ndarray, target: str = "predicted", batch_size: int = 16
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """P(PNEUMONIA) (N,) and Grad-CAM maps (N,S,S), 0..1 each, for many 0..255 images at once.
+
+        The same compiled pass as :meth:`explain`; each map argues for the class ``target`` names
+        (``predicted``: the class called at the threshold), so map i equals ``explain(images[i]).cam``.
+        """
+        x, _ = _batch(images)
+        probabilities, cams = [], []
+        for start in range(0, len(x), batch_size):
+            logit, raw = (t.numpy() for t in self._gradcam(tf.constant(x[start:start + batch_size])))
+            pneumonia = _explained_classes(logit.astype(np.float64), target, self.threshold)
+            cams.append(_finish(np.where(pneumonia[:, None, None], raw, -raw), self._size))
+            probabilities.append(_sigmoid(logit))
+        if not cams:
+            return np.zeros(0), np.zeros((0, *self._size), np.float32)
+        return np.concatenate(probabilities), np.concatenate(cams)
 
     def explain(self, image: np.ndarray, method: str = "gradcam", target: str = "predicted") -> Explanation:
         """P(PNEUMONIA) and a 0..1 heatmap (S,S) for one 0..255 image (S,S,3)."""

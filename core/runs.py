@@ -40,10 +40,11 @@ from core.run_status import (
 )
 
 __all__ = ["RunError", "StopRequested", "RunStatus", "Run", "RunStore", "StatusWriter", "default_store_root", "ACTIVE_STATES",
-           "RESUMABLE_STATES"]
+           "RESUMABLE_STATES", "STARTER_MARKER"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FINAL_STATES = ("finished", "failed", "stopped", "interrupted")
+STARTER_MARKER = "starter.json"  # in a run folder shipped with the repository (models/starter-*): never deleted here
 
 
 class RunError(RuntimeError):
@@ -181,6 +182,13 @@ class Run:
 
     def metrics(self) -> dict[str, Any] | None:
         return self.read_json("metrics.json")
+
+    @property
+    def starter(self) -> dict[str, Any] | None:
+        """The starter marker (``starter.json``) of a run shipped with the repository, else None."""
+        if not (self.path / STARTER_MARKER).is_file():
+            return None
+        return self.read_json(STARTER_MARKER) or {}  # an unreadable marker still protects the run
 
     def threshold(self) -> float:
         info = self.read_json("threshold.json")
@@ -337,6 +345,10 @@ class RunStore:
 
     def delete(self, run_id: str) -> None:
         run = self.get(run_id)
+        if run.starter is not None:
+            raise RunError(f"run {run_id} is the starter model shipped with the repository ({STARTER_MARKER}); it is "
+                           "not deleted from the dashboard. Remove its folder by hand if you really mean to "
+                           "(`git checkout -- models/` brings it back).")
         if run.status().active or run.live_trainer():
             raise RunError(f"run {run_id} is still running; stop it first")
         shutil.rmtree(run.path)

@@ -272,3 +272,24 @@ def test_cam_layer_choices(trained):
     assert all(len(trained.get_layer(name).output.shape) == 4 for name in choices)
     cam = compute_cam(trained, np.zeros((SIZE, SIZE, 3), np.float32), layer="block3_relu")
     assert cam.shape == (SIZE, SIZE)
+
+
+def test_gradcam_batch_equals_one_image_at_a_time(trained, held_out):
+    images = held_out[0][:5]
+    explainer = Explainer(trained, threshold=0.5)
+    probabilities, cams = explainer.gradcam_batch(images, batch_size=2)
+    for image, probability, cam in zip(images, probabilities, cams):
+        single = explainer.explain(image)
+        assert probability == pytest.approx(single.probability, abs=1e-5)
+        np.testing.assert_allclose(cam, single.cam, atol=1e-5)
+
+
+def test_cam_on_film_undoes_the_framing():
+    from core.explain import cam_on_film
+
+    cam = np.zeros((64, 64), np.float32)
+    cam[16:48, :] = 1.0  # a letterboxed 200x100 film fills rows 16..47 of the model input
+    on_film = cam_on_film(cam, 100, 200, "letterbox")
+    assert on_film.shape == (100, 200) and on_film.min() > 0.99
+    stretched = cam_on_film(cam, 100, 200, "stretch")
+    assert stretched.shape == (100, 200) and stretched[:20].max() < 0.01 and stretched[30:70].min() > 0.99
