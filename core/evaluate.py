@@ -21,6 +21,7 @@ __all__ = [
     "compute_metrics",
     "bootstrap_ci",
     "predict_probabilities",
+    "choose_run_threshold",
     "TestImages",
     "load_test_images",
     "evaluate_run",
@@ -226,6 +227,34 @@ def predict_probabilities(model: Any, dataset_or_array: Any, batch_size: int = 3
             fraction = min(done / total, 1.0) if total else 0.0
             progress(fraction, f"predicted {done}{f' of {total}' if total else ''} images")
     return _sigmoid(np.concatenate(logits)) if logits else np.zeros(0)
+
+
+def choose_run_threshold(run: Any, model: Any, dataset: Any, labels: Sequence, groups: Sequence[str],
+                         chosen_on: str) -> float:
+    """Predict the validation images, choose the run's threshold by its configured rule, save ``threshold.json``.
+
+    The validation labels, probabilities and patients are saved with it, so the rule's choice can be
+    checked (and other rules compared, ``benchmarks.operating_point``) without predicting again.
+
+    Args:
+        run: the run folder; its config names the rule.
+        model: the model that will be evaluated.
+        dataset: the validation images (a ``tf.data.Dataset`` or an array), in ``labels`` order.
+        labels: validation labels.
+        groups: the patient of each validation image (for the patient bootstrap of ``robust_youden``).
+        chosen_on: how the validation set is described in the file, e.g. ``"validation (746 images)"``.
+    """
+    config = run.config()
+    prob = predict_probabilities(model, dataset)
+    threshold = choose_threshold(labels, prob, config.train.threshold_method, config.train.target_sensitivity,
+                                 groups=groups)
+    run.write_json("threshold.json", {
+        "threshold": float(threshold), "method": config.train.threshold_method,
+        "target_sensitivity": config.train.target_sensitivity, "chosen_on": chosen_on,
+        "validation": {"labels": [int(v) for v in labels], "probabilities": [float(v) for v in prob],
+                       "patients": [str(g) for g in groups]},
+    })
+    return float(threshold)
 
 
 def _subgroups(labels: np.ndarray, prob: np.ndarray, subtypes: Sequence[str | None],

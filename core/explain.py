@@ -18,6 +18,8 @@ __all__ = [
     "COLORMAPS",
     "Explanation",
     "Explainer",
+    "explainer_for",
+    "ENSEMBLE_LAYER",
     "compute_cam",
     "default_cam_layer",
     "cam_layer_choices",
@@ -132,8 +134,18 @@ _CAM_LAYER_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.lay
                     keras.layers.Activation, keras.layers.ReLU)
 
 
+ENSEMBLE_LAYER = "each member's Grad-CAM layer"
+
+
 def cam_layer_choices(model: keras.Model) -> list[str]:
-    """The backbone's 4-D convolution and activation layers, deepest first (the default first of all)."""
+    """The backbone's 4-D convolution and activation layers, deepest first (the default first of all).
+
+    An ensemble offers one choice: each member's own default layer (its maps are averaged).
+    """
+    from core.ensemble import member_models
+
+    if member_models(model):
+        return [ENSEMBLE_LAYER]
     names = [layer.name for layer in reversed(backbone_layers(model))
              if isinstance(layer, _CAM_LAYER_TYPES) and len(layer.output.shape) == 4]
     default = default_cam_layer(model)
@@ -354,6 +366,15 @@ class Explainer:
             cam = compute_cam(self.model, x[0], method, self.layer, "pneumonia" if pneumonia else "normal")
         return Explanation(float(_sigmoid(logit[0])), cam, method, self.layer,
                            "pneumonia" if pneumonia else "normal")
+
+
+def explainer_for(model: keras.Model, layer: str | None = None, threshold: float = 0.5):
+    """The explainer for a saved model: :class:`Explainer`, or for an ensemble the mean of its members' maps."""
+    from core.ensemble import EnsembleExplainer, member_models
+
+    if member_models(model):
+        return EnsembleExplainer(model, threshold=threshold)
+    return Explainer(model, layer=None if layer == ENSEMBLE_LAYER else layer, threshold=threshold)
 
 
 # --------------------------------------------------------------------------------------------

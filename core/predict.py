@@ -36,7 +36,7 @@ def predict_files(run: Any, paths: Sequence[str | Path], cam: str | None = None,
     from PIL import Image
 
     from core.images import ImageLoadError, load_image
-    from core.explain import CAM_METHODS, Explainer, overlay
+    from core.explain import CAM_METHODS, explainer_for, overlay
     from core.model import load_model
     from core.runs import RunError, RunStore
 
@@ -49,7 +49,7 @@ def predict_files(run: Any, paths: Sequence[str | Path], cam: str | None = None,
     config = run.config()
     threshold = float(run.threshold())
     model = load_model(run.model_path)
-    explainer = Explainer(model, threshold=threshold) if cam else None
+    explainer = explainer_for(model, threshold=threshold) if cam else None
     out = Path(out_dir) if out_dir is not None else Path("heatmaps")
     used_names: set[str] = set()
     results: list[dict[str, Any]] = []

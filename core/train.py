@@ -71,10 +71,16 @@ def train_run(run: Run, resume: bool = False, writer: StatusWriter | None = None
     """
     import keras
 
+    from core.ensemble import build_ensemble, is_ensemble
+
     previous_policy = keras.mixed_precision.dtype_policy()
     own_writer = writer is None
     writer = writer or StatusWriter(run).start(state="running", error=None)
     try:
+        if is_ensemble(run):  # its members train as their own runs; then it is combined and evaluated
+            build_ensemble(run, progress=lambda message: writer.update(message=message))
+            writer.update(state="finished", finished_at=_now(), progress=1.0, eta_seconds=0, message="Finished")
+            return
         _train_run(run, resume, writer)
     finally:  # Keras's dtype policy is global: later models in this process must not inherit the run's
         keras.mixed_precision.set_dtype_policy(previous_policy)
@@ -246,19 +252,15 @@ def _publish(best: Path | None, target: Path) -> None:
 
 def _finish(run: Run, config: RunConfig, x_val, y_val, groups: list[str], batch: int, writer: StatusWriter) -> None:
     """Threshold on validation, one evaluation on test, then "finished"; the backup goes only after that."""
-    from core.evaluate import choose_threshold, evaluate_run, predict_probabilities
+    from core.evaluate import choose_run_threshold, evaluate_run
     from core.model import load_model
     from core.pipeline import make_dataset
 
     # A fresh float32 copy outside any distribution strategy: the model that is evaluated is the file.
     model = load_model(run.model_path)
     writer.update(phase="threshold", message="Choosing the decision threshold on validation…")
-    prob = predict_probabilities(model, make_dataset(x_val, y_val, batch, training=False))
-    threshold = choose_threshold(y_val, prob, config.train.threshold_method, config.train.target_sensitivity,
-                                 groups=groups)
-    run.write_json("threshold.json", {"threshold": float(threshold), "method": config.train.threshold_method,
-                                      "target_sensitivity": config.train.target_sensitivity,
-                                      "chosen_on": f"validation ({len(y_val)} images)"})
+    choose_run_threshold(run, model, make_dataset(x_val, y_val, batch, training=False), y_val, groups,
+                         f"validation ({len(y_val)} images)")
     writer.update(phase="evaluate", message="Evaluating once on the test split…")
     evaluate_run(run)
     writer.update(state="finished", finished_at=_now(), progress=1.0, eta_seconds=0, message="Finished")
