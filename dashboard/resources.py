@@ -29,6 +29,26 @@ def demo_dataset_root(images_per_class: int = 120) -> str:
     return str(ensure_demo_dataset(images_per_class=images_per_class))
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def _sample_check(root: str):
+    from core.sample import check_sample
+
+    return check_sample(root)
+
+
+def sample_check():
+    """``core.sample.check_sample`` of the bundled real sample (sha256 of each film against its manifest)."""
+    from core.sample import sample_root
+
+    return _sample_check(str(sample_root()))
+
+
+def sample_usable() -> bool:
+    """Whether the bundled real sample can be used (present, manifest readable, some films intact)."""
+    check = sample_check()
+    return check.present and not check.problem
+
+
 @st.cache_data(show_spinner="Indexing the data set…", max_entries=8)
 def dataset_index(path: str, modified: float):
     """``core.datasets.find_dataset`` for a folder, cached per path and folder modification time."""
@@ -110,7 +130,15 @@ def run_test_images(run: Run) -> list[tuple[str, int]]:
         return _saved_test_split(str(run.path), manifest.stat().st_mtime)
     except (OSError, DatasetError):  # no manifest (an older run) or an unreadable one
         pass
-    return [(p["file"], p["label"]) for p in (run.metrics() or {}).get("predictions", [])]
+    return [(p["file"], p["label"]) for p in run_predictions(run)]
+
+
+def run_predictions(run: Run) -> list[dict[str, Any]]:
+    """metrics.json's per-image predictions with each file as a path on this machine (a run shipped with the
+    repository saves paths relative to it)."""
+    from core.sample import local_path
+
+    return [{**p, "file": local_path(p["file"])} for p in (run.metrics() or {}).get("predictions", [])]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -139,9 +167,9 @@ def load_model(path: str, modified: float):
 
 @st.cache_resource(max_entries=8, show_spinner="Preparing the explainer…")
 def explainer(path: str, modified: float, layer: str | None, threshold: float):
-    from core.explain import Explainer
+    from core.explain import explainer_for
 
-    return Explainer(load_model(path, modified), layer=layer, threshold=threshold)
+    return explainer_for(load_model(path, modified), layer=layer, threshold=threshold)
 
 
 def model_key(run: Run) -> tuple[str, float]:

@@ -21,6 +21,7 @@ PAGES = {
     "demo": "views/demo.py",
 }
 SETTING_PREFIX = "cfg."
+DEFAULT_PRESET, FALLBACK_PRESET = "Quick real-sample demo", "Quick CPU demo"
 
 
 # --------------------------------------------------------------------------------- the run store
@@ -46,9 +47,34 @@ def data_label(config: RunConfig) -> str:
     """The data source in words; the demo set always says it is synthetic."""
     if config.data.source == "demo":
         return "built-in demo set (synthetic, not real X-rays)"
+    if config.data.source == "sample":
+        return "bundled real sample (Kaggle chest X-ray, Kermany et al. 2018)"
     if config.data.source == "kaggle":
         return f"Kaggle chest X-ray{f' at {config.data.path}' if config.data.path else ''}"
     return f"{config.data.source} {config.data.path or ''}".strip()
+
+
+def data_citation(config: RunConfig) -> None:
+    """The data set's citation under films of the bundled sample or the Kaggle set (CC BY 4.0 asks for it)."""
+    if config.data.source in ("sample", "kaggle"):
+        from core.sample import SAMPLE_LICENCE
+
+        st.caption(f"Films: Kermany, Zhang, Goldbaum (2018), Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 "
+                   f"(Cell 2018, doi:10.1016/j.cell.2018.02.010); {SAMPLE_LICENCE}"
+                   + (", downsized for the bundled sample." if config.data.source == "sample" else "."))
+
+
+def model_card_downloads(run: Run, key: str) -> None:
+    """Two buttons: the run's model card as Markdown and as HTML (``core.report``, read from the run folder)."""
+    from core.report import model_card, model_card_html
+
+    markdown_col, html_col = st.columns(2)
+    markdown_col.download_button("Model card (Markdown)", model_card(run), file_name=f"{run.id}-model-card.md",
+                                 mime="text/markdown", key=f"{key}-card-md", icon=":material/description:",
+                                 width="stretch", help="Intended use, data and splits, recipe, metrics with CIs, "
+                                 "subtypes, calibration, shortcut audit, limits and the data citation.")
+    html_col.download_button("Model card (HTML)", model_card_html(run), file_name=f"{run.id}-model-card.html",
+                             mime="text/html", key=f"{key}-card-html", icon=":material/description:", width="stretch")
 
 
 def usable_runs() -> list[Run]:
@@ -60,6 +86,9 @@ def pick_run() -> Run | None:
     """The shared sidebar run picker; defaults to the newest finished run, remembered across pages."""
     runs = usable_runs()
     with st.sidebar:
+        for broken in (run for run in store().list() if run.starter is not None and not run.model_path.is_file()):
+            st.warning(f"The starter model `{broken.id}` has no `{broken.model_path.name}`: it is incomplete. "
+                       "Restore it with `git checkout -- models/`.", icon=":material/broken_image:")
         if not runs:
             st.info("No trained run yet. Start one on the **Train** page.")
             return None
@@ -131,8 +160,12 @@ def init_settings() -> None:
     """
     saved = st.session_state.setdefault("_saved_settings", {})
     if not saved:
-        saved.update(settings_of(preset("Quick CPU demo")))
-        st.session_state.setdefault("preset", "Quick CPU demo")
+        from dashboard.resources import sample_usable
+
+        # The real sample first; the synthetic set when the sample is missing or damaged (the Data page says so).
+        first = DEFAULT_PRESET if sample_usable() else FALLBACK_PRESET
+        saved.update(settings_of(preset(first)))
+        st.session_state.setdefault("preset", first)
     for key in saved:
         if key in st.session_state:
             saved[key] = st.session_state[key]

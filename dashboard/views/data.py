@@ -6,12 +6,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.config import AugmentConfig
-from core.datasets import CLASS_NAMES, DatasetError, download_kaggle
+from core.datasets import CLASS_NAMES, DatasetError, download_kaggle, patient_overlap
 from core.images import ImageLoadError, image_size_spread, load_image
 from core.splits import MANIFEST_NAME, folder_changes, read_manifest
 from dashboard import charts, resources, state
 
-SOURCES = {"demo": "Built-in demo (synthetic)", "folder": "Local folder", "kaggle": "Kaggle download"}
+SOURCES = {"sample": "Real sample (bundled)", "demo": "Built-in demo (synthetic)", "folder": "Local folder",
+           "kaggle": "Kaggle download"}
 
 st.title("Data")
 st.caption("Where the X-rays come from, what is in the set, and how training will augment them.")
@@ -19,6 +20,23 @@ st.caption("Where the X-rays come from, what is in the set, and how training wil
 source = st.radio("Source", list(SOURCES), key="cfg.data.source", format_func=SOURCES.get, horizontal=True)
 
 root: str | None = None
+sample = resources.sample_check()
+if source == "sample":
+    from core.sample import SAMPLE_CHANGES, SAMPLE_CITATION, SAMPLE_LICENCE, sample_root
+
+    if sample.problem:
+        st.error(f"{sample.summary()}. Restore it with `git checkout -- sample/`; until then the synthetic demo set "
+                 "is shown and used instead.", icon=":material/error:")
+        source = "demo"
+    else:
+        st.info(f"**Real chest X-rays**: a small sample of the Kaggle *Chest X-Ray Images (Pneumonia)* set, bundled "
+                f"with the app — official test films and a training subset, {SAMPLE_CHANGES}.  \n"
+                f"{SAMPLE_CITATION}  \nLicence: {SAMPLE_LICENCE}.", icon=":material/radiology:")
+        if not sample.ok:
+            st.warning(sample.summary(), icon=":material/broken_image:")
+        root = str(sample_root())
+elif sample.problem and source == "demo":
+    st.caption(f":material/error: {sample.summary()}; the synthetic set is shown instead.")
 if source == "demo":
     st.info(f"{state.SYNTHETIC_BADGE} The built-in demo set is **synthetic**: generated chest-radiograph-like "
             "images, not real X-rays. It lets the app and its tests run offline; its numbers say nothing "
@@ -31,7 +49,7 @@ elif source == "folder":
     if not root:
         st.info("Enter the folder that holds the X-rays, e.g. `…/chest_xray` with `train/`, `val/` and "
                 "`test/` inside, or a folder with `NORMAL/` and `PNEUMONIA/` sub-folders.")
-else:
+elif source == "kaggle":
     st.markdown("The Kaggle set *Chest X-Ray Images (Pneumonia)* (about 1.2 GB, 5,856 images) is fetched with "
                 "`kagglehub`, which needs Kaggle credentials and internet access.")
     if st.button("Download or locate the Kaggle set", icon=":material/download:"):
@@ -110,6 +128,28 @@ if index.problems:
             st.caption(f"… and {len(index.problems) - 200} more")
 else:
     st.success("No problems found: every class folder has images, no byte-identical duplicates.", icon=":material/check_circle:")
+
+# ---------------------------------------------------------------------------------- patient ids
+overlap = patient_overlap(index)
+if overlap is not None:
+    st.subheader("Patient ids in both train and test")
+    if not overlap.shared:
+        st.markdown(f"None of the {overlap.test_patients} test patient ids occurs in train.")
+        if source == "sample":
+            st.caption("The sample was built that way: no training film comes from a patient id of the official "
+                       "test split. In the full Kaggle set, 170 of the 427 test patient ids also occur in train.")
+    else:
+        st.markdown(f"**{len(overlap.shared)} of the {overlap.test_patients} test patient ids also occur in train** "
+                    "(computed from the file names here). "
+                    + (f"For {'every one' if len(overlap.differing) == len(overlap.shared) else len(overlap.differing)}"
+                       " of them the class or pneumonia type differs between the two splits, e.g. "
+                       + "; ".join(f"`{p}` is {a} in train and {b} in test" for p, a, b in overlap.examples[:3])
+                       + ". The file names follow different numbering schemes in train and test, so these are "
+                       "probably not the same patients. " if overlap.differing else
+                       "Their films may come from the same patients: read test figures with that in mind. ")
+                    + "The official test split is kept as it is; validation is carved from train by patient.")
+        with st.expander(f"The {len(overlap.shared)} shared ids"):
+            st.write(", ".join(overlap.shared))
 
 # ---------------------------------------------------------------------------------- saved splits
 trained_here = resources.runs_with_saved_splits(state.store().list(), index.root)

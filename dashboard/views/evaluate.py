@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.datasets import CLASS_NAMES
+from core.ensemble import member_ids
 from core.evaluate import compute_metrics
 from dashboard import charts, resources, state
 
@@ -26,7 +27,7 @@ if not metrics or not metrics.get("predictions"):
                f"{run.id}` to evaluate it by hand.", icon=":material/inbox:")
     st.stop()
 
-predictions = metrics["predictions"]
+predictions = resources.run_predictions(run)  # files as paths on this machine
 labels = np.array([p["label"] for p in predictions], dtype=int)
 probabilities = np.array([p["probability"] for p in predictions], dtype=float)
 run_threshold = float(metrics.get("threshold", run.threshold()))
@@ -34,7 +35,9 @@ info = metrics.get("threshold_info") or {}
 
 st.caption(f"Run **{charts.run_title(run)}** · test split: {len(labels)} images, {int(labels.sum())} pneumonia, "
            f"{metrics.get('n_patients', '?')} patients · data: {state.data_label(config)}"
-           + (f" {state.SYNTHETIC_BADGE}" if state.is_synthetic(config) else ""))
+           + (f" {state.SYNTHETIC_BADGE}" if state.is_synthetic(config) else "")
+           + (f" · :material/stacks: ensemble of {len(member_ids(run))} runs" if member_ids(run) else ""))
+state.model_card_downloads(run, key=f"evaluate-{run.id}")
 saved = metrics.get("splits") or {}
 changes, skipped = saved.get("changes") or {}, metrics.get("skipped") or []
 if saved.get("note"):
@@ -193,3 +196,57 @@ else:
                 if st.button("Explain", key=f"explain-{i}", icon=":material/search_insights:", width="stretch"):
                     st.session_state["explain_file"] = p["file"]
                     st.switch_page(state.PAGES["explain"])
+    state.data_citation(config)
+
+# ---------------------------------------------------------------------------------- shortcut audit
+st.subheader("Shortcut audit")
+st.caption("Does the model read the film's edges — laterality markers, burnt-in text, collimation — rather than the "
+           "lungs? Such shortcuts are documented for chest X-ray models (Zech et al., PLOS Medicine 2018; DeGrave, "
+           "Janizek & Lee, Nature Machine Intelligence 2021).")
+from core.audit import audit_picture, audit_reading, read_audit, shortcut_audit  # noqa: E402
+
+audit = read_audit(run)
+if audit is None:
+    st.markdown("The audit computes Grad-CAM for every test image and measures how much of it falls in a border band "
+                "(the outer 10 % of each side), then evaluates the test images again with that band set to black. It "
+                "is saved with the run (audit.json), so it runs once.")
+    if st.button("Run the shortcut audit", icon=":material/policy:", key=f"audit-{run.id}", type="primary"):
+        from core.datasets import DatasetError
+        from core.runs import RunError
+
+        bar = st.progress(0.0, text="Starting the audit…")
+        try:
+            shortcut_audit(run, progress=lambda fraction, message: bar.progress(min(fraction, 1.0), text=message))
+        except (RunError, DatasetError, ValueError, OSError) as exc:
+            bar.empty()
+            st.error(f"The audit could not run: {exc}", icon=":material/error:")
+        else:
+            st.rerun()  # show the saved audit, without the button
+if audit is not None:
+    band_text = (f"border band: the outer {audit['border_fraction']:.0%} of each side ({audit['border_px']} px at "
+                 f"{audit['image_size']} px)")
+    cols = st.columns(4)
+    cols[0].metric("Heatmap energy in the border band", charts.pct(audit["border_share"], 0),
+                   help=f"Mean over {audit['n']} test images; {band_text}.")
+    cols[1].metric("A uniform map would put", charts.pct(audit["uniform_border_share"], 0),
+                   help="The band's share of the image area.")
+    cols[2].metric("Test ROC AUC", charts.num(audit["auc"]))
+    drop = (audit["auc_border_masked"] - audit["auc"]) if audit["auc"] is not None and audit["auc_border_masked"] is not None else None
+    cols[3].metric("ROC AUC with the border black", charts.num(audit["auc_border_masked"]),
+                   delta=None if drop is None else f"{drop:+.3f}", delta_color="normal")
+    for line in audit_reading(audit):
+        st.markdown(f"- {line}")
+    pictures = st.columns(4)
+    for column, name in zip(pictures, audit["per_class"]):
+        entry = audit["per_class"][name]
+        column.image(audit_picture(audit, name), width="stretch",
+                     caption=f"Mean Grad-CAM, true {name} ({entry['n']} films): {charts.pct(entry['border_share'], 0)} "
+                             "in the band (outside the white frame)")
+    with pictures[2]:
+        lo, hi = audit.get("auc_drop_ci") or (None, None)
+        st.caption(f"Grad-CAM at layer `{audit['layer']}`, explaining {audit['target']} (as on Explain and Demo); "
+                   f"{band_text}. The band is set to black through the same input path the model was evaluated on. "
+                   + (f"95 % CI of the AUC drop {lo:+.3f} to {hi:+.3f} (patient bootstrap, {audit['n_patients']} "
+                      "patients). " if lo is not None else "")
+                   + "A black frame is itself new to the model, so a drop is an upper bound on its reliance on the "
+                   f"border. Audited {audit['created_at'].replace('T', ' ')} in {audit['seconds']:.0f} s.")

@@ -60,10 +60,16 @@ except ImageLoadError as exc:
 image_hash = resources.digest(image.tobytes())
 
 # ---------------------------------------------------------------------------------- method and layer
-from core.explain import CAM_METHODS, COLORMAPS, cam_layer_choices, colorize, overlay  # noqa: E402  (TensorFlow)
+from core.ensemble import member_ids as ensemble_members  # noqa: E402
+from core.explain import CAM_METHODS, COLORMAPS, ENSEMBLE_LAYER, cam_layer_choices, colorize, overlay  # noqa: E402  (TensorFlow)
 
 path, modified = resources.model_key(run)
-model = resources.load_model(path, modified)
+try:
+    model = resources.load_model(path, modified)
+except Exception as exc:  # noqa: BLE001 - a damaged model file fails in Keras in many ways; say so, keep the app up
+    st.error(f"The model of run {run.id} cannot be loaded ({type(exc).__name__}: {exc}). Its file "
+             f"`{run.model_path.name}` may be damaged or incomplete.", icon=":material/error:")
+    st.stop()
 controls = st.columns([3, 2, 2, 1])
 st.session_state.setdefault("explain_method", "gradcam")
 method = controls[0].segmented_control("Method", list(CAM_METHODS), format_func=CAM_METHODS.get, key="explain_method", help="Grad-CAM is fastest; Score-CAM needs no gradients.")
@@ -71,6 +77,9 @@ method = method or "gradcam"
 layers = cam_layer_choices(model)
 layer = controls[1].selectbox("Layer", layers, key=f"explain_layer-{run.id}",
                               help="The default is the backbone's last convolutional stage; earlier layers give finer, noisier maps.")
+if layers == [ENSEMBLE_LAYER]:
+    st.caption(f":material/stacks: This run is an ensemble of {len(ensemble_members(run))} runs: the probability "
+               "comes from the mean of their logits, the heatmap is the mean of their heatmaps.")
 opacity = controls[2].slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="explain_opacity")
 colormap = controls[3].selectbox("Colours", COLORMAPS, key="explain_colormap")
 
@@ -94,6 +103,8 @@ left, middle, right = st.columns(3)
 left.image(picture, caption=f"X-ray ({name})", width="stretch")
 middle.image(colorize(result["cam"], colormap), caption=f"{CAM_METHODS[method]} heatmap · layer {layer}", width="stretch")
 right.image(blend, caption=f"Overlay (opacity {opacity:.2f})", width="stretch")
+if truth is not None:
+    state.data_citation(config)
 right.download_button("Download overlay (PNG)", resources.png_bytes(blend), file_name=f"{Path(name).stem}-{method}-overlay.png",
                       mime="image/png", icon=":material/download:", width="stretch")
 

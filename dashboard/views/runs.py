@@ -7,6 +7,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core.backbones import BACKBONES
+from core.ensemble import member_ids
 from core.runs import Run, RunError
 from dashboard import charts, state
 
@@ -30,10 +31,12 @@ def summary(run: Run) -> dict:
     except Exception as exc:  # noqa: BLE001 - a hand-edited config.json must not hide the other runs
         return {"run": charts.run_title(run), "state": f"unreadable config: {exc}", "id": run.id}
     metrics = run.metrics() or {}
+    backbone = BACKBONES[config.model.backbone].label if config.model.backbone in BACKBONES else config.model.backbone
+    members = member_ids(run)
     return {
         "run": charts.run_title(run),
         "state": status.state,
-        "backbone": BACKBONES[config.model.backbone].label if config.model.backbone in BACKBONES else config.model.backbone,
+        "backbone": f"ensemble of {len(members)} ({backbone}, …)" if members else backbone,
         "size": config.data.image_size,
         "weights": config.model.weights if config.model.weights in ("imagenet", "none") else "file",
         "epochs": f"{status.epoch}/{status.epochs_total or config.train.head.epochs + config.train.finetune.epochs}",
@@ -42,6 +45,7 @@ def summary(run: Run) -> dict:
         "sensitivity": metrics.get("sensitivity"),
         "specificity": metrics.get("specificity"),
         "data": "synthetic demo" if state.is_synthetic(config) else config.data.source,
+        "starter": run.starter is not None,
         "id": run.id,
     }
 
@@ -112,9 +116,14 @@ def exported(run_id: str, modified: float, fmt: str) -> tuple[bytes, str]:
 
 for run in chosen:
     status = run.status()
-    with st.expander(f"{charts.run_title(run)} {charts.state_badge(status.state)}", expanded=len(chosen) == 1):
+    starter = run.starter is not None
+    with st.expander(f"{charts.run_title(run)} {charts.state_badge(status.state)}"
+                     + (" :violet-badge[:material/verified: starter]" if starter else ""), expanded=len(chosen) == 1):
         if status.state == "failed" and status.error:
             st.error(f"Training failed: {status.error}", icon=":material/error:")
+        if member_ids(run):
+            st.caption(f":material/stacks: An ensemble of {len(member_ids(run))} runs (the mean of their logits, its own "
+                       f"threshold on validation): {', '.join(member_ids(run))}")
         cols = st.columns(4)
         cols[0].download_button("Config (JSON)", (run.path / "config.json").read_bytes(), file_name=f"{run.id}-config.json",
                                 mime="application/json", key=f"config-{run.id}", icon=":material/download:", width="stretch")
@@ -142,8 +151,13 @@ for run in chosen:
                                    key=f"dl-{run.id}-{fmt}", icon=":material/download:")
         else:
             cols[2].caption("No trained model in this run.")
-        confirm = st.checkbox("I want to delete this run and its files", key=f"confirm-{run.id}")
-        if st.button("Delete run", key=f"delete-{run.id}", icon=":material/delete:", disabled=not confirm or status.active,
+        if run.model_path.is_file():
+            state.model_card_downloads(run, key=f"runs-{run.id}")
+        if starter:
+            st.caption(":material/verified: The starter model shipped with the repository: it cannot be deleted here.")
+        confirm = st.checkbox("I want to delete this run and its files", key=f"confirm-{run.id}", disabled=starter)
+        if st.button("Delete run", key=f"delete-{run.id}", icon=":material/delete:",
+                     disabled=not confirm or status.active or starter,
                      help="Stop a running run first." if status.active else None):
             try:
                 state.store().delete(run.id)

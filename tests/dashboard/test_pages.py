@@ -59,7 +59,10 @@ def test_pages_explain_what_to_do_with_an_empty_store(page, empty_env):
 
 # ---------------------------------------------------------------------------------- Data
 def test_data_page_shows_the_synthetic_demo_set(demo_root, empty_env):
-    at = open_page()
+    from core.config import preset
+
+    at = open_page(**{"cfg.data.source": "demo",
+                      "cfg.data.demo_images_per_class": preset("Quick CPU demo").data.demo_images_per_class})
     index = find_dataset(demo_root)
     assert "synthetic" in texts(at)
     assert metric(at, "Images") == f"{len(index.records):,}"
@@ -343,13 +346,14 @@ def test_dicom_patient_tags_are_never_displayed(runs_env, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- Demo
-def test_demo_shows_gauge_notice_and_steps_through_the_test_split(runs_env):
+def test_demo_shows_the_notice_and_steps_through_the_test_cases(runs_env):
     at = open_page("demo")
     assert any("not a diagnosis" in e.value for e in at.error)
-    assert "Image 1 of 20" in texts(at)
-    gauge = plotly_spec(at)["data"][0]
-    assert gauge["type"] == "indicator" and 0 <= gauge["value"] <= 100
+    assert "Case 1 of 20" in texts(at)
+    assert metric(at, "Probability of pneumonia").endswith("%")
+    assert len(at.image) == 2 and "Grad-CAM" in at.image[1].proto.imgs[0].caption  # film and overlay side by side
     at.button(key="demo_next").click().run()
-    assert "Image 2 of 20" in texts(at)
-    at.toggle(key="demo_heatmap").set_value(True).run()
-    assert not at.exception and "Grad-CAM" in at.image[0].proto.imgs[0].caption
+    assert "Case 2 of 20" in texts(at)
+    at.button(key="demo_prev").click().run()
+    at.button(key="demo_prev").click().run()
+    assert "Case 20 of 20" in texts(at) and not at.exception

@@ -1,0 +1,163 @@
+"""The app on the bundled real sample: its default source, a broken sample, a starter run (and a damaged one), the Demo case browser, the audit and the model card."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from test_pages import metric, open_page, texts
+
+from core.config import preset
+from core.evaluate import compute_metrics
+from core.runs import STARTER_MARKER, RunStore
+from core.sample import portable_path, sample_root
+from core.splits import run_splits
+
+
+def _tiny_sample_config():
+    """The real-sample preset with an untrained small CNN at 32 px: real films, a model that loads in a blink."""
+    return preset("Quick real-sample demo").with_overrides(**{
+        "name": "starter-tiny", "model.backbone": "small_cnn", "model.weights": "none",
+        "model.unfreeze_from_block": 1, "data.image_size": 32})
+
+
+def make_starter(root):
+    """A finished run of the sample in a store of its own, marked as the shipped starter (starter.json)."""
+    import keras  # noqa: F401  (TensorFlow only for the prepared model)
+
+    from core.model import build_classifier
+
+    config = _tiny_sample_config()
+    store = RunStore(root)
+    run = store.create(config)
+    build_classifier(config.model, config.data.image_size).save(run.model_path)
+    splits = run_splits(config, run.path)
+    y = np.array([r.label for r in splits.test])
+    prob = np.clip(np.where(y == 1, 0.7, 0.3) + np.random.default_rng(1).normal(0, 0.25, y.size), 0.01, 0.99)
+    metrics = compute_metrics(y, prob, 0.5)
+    metrics.update({"threshold_info": {"threshold": 0.5, "method": "youden", "chosen_on": "validation"},
+                    "predictions": [{"file": portable_path(r.path), "label": int(t), "probability": float(p),
+                                     "patient": r.patient, "subtype": r.subtype}
+                                    for r, t, p in zip(splits.test, y, prob)]})
+    run.write_json("metrics.json", metrics)
+    run.write_json("threshold.json", {"threshold": 0.5, "method": "youden"})
+    run.write_json(STARTER_MARKER, {"note": "a test starter"})
+    run.update_status(state="finished", progress=1.0)
+    return store, run
+
+
+@pytest.fixture(scope="module")
+def starter_store(tmp_path_factory, cache_dir):
+    return make_starter(tmp_path_factory.mktemp("starter-store"))
+
+
+@pytest.fixture
+def starter_env(starter_store, monkeypatch):
+    monkeypatch.setenv("CXR_STUDIO_RUNS", str(starter_store[0].root))
+    return starter_store[1]
+
+
+# ---------------------------------------------------------------------------------- the sample as the default
+def test_the_app_opens_on_the_real_sample_with_its_citation(empty_env):
+    at = open_page()
+    assert at.radio(key="cfg.data.source").value == "sample"
+    page = texts(at)
+    assert "Real chest X-rays" in page and "doi:10.17632/rscbjbr9sj.2" in page and "CC BY 4.0" in page
+    assert metric(at, "Images") == "401" and "synthetic" not in page.lower().replace("built-in demo (synthetic)", "")
+    assert "None of the 57 test patient ids occurs in train." in page
+    assert at.session_state["preset"] == "Quick real-sample demo"
+
+
+def test_a_missing_sample_is_reported_and_the_app_starts_on_the_synthetic_set(empty_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_STUDIO_SAMPLE", str(tmp_path / "no-sample"))
+    at = open_page()
+    assert at.session_state["preset"] == "Quick CPU demo" and at.radio(key="cfg.data.source").value == "demo"
+    assert "bundled real sample is missing" in texts(at) and "synthetic" in texts(at)
+    at.radio(key="cfg.data.source").set_value("sample").run()
+    assert not at.exception
+    assert any("missing" in e.value and "synthetic demo set is shown" in e.value for e in at.error)
+
+
+def test_a_damaged_sample_film_is_named(empty_env, tmp_path, monkeypatch):
+    copy = tmp_path / "chest_xray"
+    shutil.copytree(sample_root(), copy)
+    film = next((copy / "test" / "NORMAL").glob("*.jpeg"))
+    film.write_bytes(film.read_bytes()[:100])
+    monkeypatch.setenv("CXR_STUDIO_SAMPLE", str(copy))
+    at = open_page()
+    assert any("1 damaged or altered" in w.value and film.name in w.value for w in at.warning)
+
+
+# ---------------------------------------------------------------------------------- a starter run
+def test_the_starter_is_listed_and_cannot_be_deleted(starter_env):
+    at = open_page("runs")
+    assert bool(at.dataframe[0].value["starter"].iloc[0])
+    assert "cannot be deleted here" in texts(at)
+    assert at.button(key=f"delete-{starter_env.id}").disabled
+    labels = [b.label for b in at.get("download_button")]
+    assert "Model card (Markdown)" in labels and "Model card (HTML)" in labels
+
+
+def test_demo_browses_filters_and_exports_the_starters_test_cases(starter_env):
+    at = open_page("demo")
+    assert "Case 1 of 80" in texts(at) and "Kermany" in texts(at)
+    assert len(at.image) == 2 and any(b.label == "Export this case (PNG)" for b in at.get("download_button"))
+    predictions = starter_env.metrics()["predictions"]
+    at.segmented_control(key="demo_truth").set_value("NORMAL").run()
+    assert "Case 1 of 40" in texts(at)
+    at.selectbox(key="demo_order").set_value("Highest P(pneumonia) first").run()
+    top = max((p for p in predictions if p["label"] == 0), key=lambda p: p["probability"])
+    assert top["file"].rsplit("/", 1)[-1] in texts(at)
+    at.segmented_control(key="demo_called").set_value("PNEUMONIA").run()
+    false_alarms = sum(p["label"] == 0 and p["probability"] >= 0.5 for p in predictions)
+    assert f"Case 1 of {false_alarms}" in texts(at) and "misclassified" in texts(at)
+    at.select_slider(key="demo_zoom").set_value(2.0).run()
+    assert "zoom 2×" in at.image[0].proto.imgs[0].caption and not at.exception
+    at.toggle(key="demo_presentation").set_value(True).run()
+    assert not at.exception and "Case 1 of" in texts(at)
+
+
+def test_demo_upload_is_not_stored(starter_env):
+    before = sorted(p.name for p in starter_env.path.iterdir())
+    at = open_page("demo")
+    at.segmented_control(key="demo_source").set_value("Upload").run()
+    film = next((sample_root() / "test" / "PNEUMONIA").glob("*.jpeg"))
+    at.file_uploader(key="demo_upload").upload("film.jpeg", film.read_bytes(), "image/jpeg").run()
+    assert not at.exception and "Uploaded film" in at.image[0].proto.imgs[0].caption
+    assert "unknown (uploaded film)" in texts(at)
+    assert sorted(p.name for p in starter_env.path.iterdir()) == before
+
+
+def test_explain_works_on_the_starter(starter_env):
+    at = open_page("explain")
+    assert len(at.image) == 3 and metric(at, "True label") in ("NORMAL", "PNEUMONIA") and "Kermany" in texts(at)
+
+
+def test_evaluate_runs_the_shortcut_audit_once_and_offers_the_model_card(starter_env):
+    at = open_page("evaluate")
+    assert {"Model card (Markdown)", "Model card (HTML)"} <= {b.label for b in at.get("download_button")}
+    at.button(key=f"audit-{starter_env.id}").click().run()
+    assert not at.exception and (starter_env.path / "audit.json").is_file()
+    from core.audit import uniform_border_share
+
+    assert metric(at, "A uniform map would put") == f"{100 * uniform_border_share(32):.0f} %"
+    assert metric(at, "Test ROC AUC") == f"{starter_env.read_json('audit.json')['auc']:.3f}"
+    assert "Blacking out the border" in texts(at)
+    assert not any(b.key == f"audit-{starter_env.id}" for b in at.button)  # saved: no second run
+
+
+# ---------------------------------------------------------------------------------- a damaged starter
+def test_a_damaged_or_incomplete_starter_is_reported(starter_store, tmp_path, monkeypatch):
+    store = RunStore(tmp_path / "runs")
+    damaged = store.root / "starter-damaged"
+    shutil.copytree(starter_store[1].path, damaged)
+    (damaged / "model.keras").write_bytes(b"PK\x03\x04 not a model")
+    incomplete = store.root / "starter-incomplete"
+    shutil.copytree(starter_store[1].path, incomplete)
+    (incomplete / "model.keras").unlink()
+    monkeypatch.setenv("CXR_STUDIO_RUNS", str(store.root))
+    at = open_page("demo", run_id="starter-damaged")
+    assert any("cannot be used" in e.value for e in at.error)
+    assert any("starter-incomplete" in w.value and "incomplete" in w.value for w in at.sidebar.warning)
+    at = open_page("explain", run_id="starter-damaged")
+    assert any("cannot be loaded" in e.value for e in at.error)
