@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "is_npz_ref",
     "source_digest",
     "image_size_spread",
+    "unreadable_files",
 ]
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm")
@@ -319,6 +321,35 @@ def source_digest(source: ImageSource, opened: dict | None = None) -> str:
     else:
         data = _read_file(str(source))
     return hashlib.sha256(data).hexdigest()
+
+
+def unreadable_files(paths: Sequence[str], progress: Callable[[int, int], None] | None = None
+                     ) -> list[tuple[str, str]]:
+    """Every file decoded once, as training will decode it; ``(path, reason)`` for each one that fails.
+
+    The JPEG decoder's draft mode keeps this fast (a 2,000 px film decodes at an eighth of its size);
+    truncated and damaged files still fail, because the whole file is read. MedMNIST references are
+    skipped (their arrays were checked when the .npz was opened).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [str(p) for p in paths if not is_npz_ref(p)]
+
+    def check(path: str) -> str | None:
+        try:
+            read_image(path, draft_size=MIN_SIDE)
+        except ImageLoadError as exc:
+            return str(exc)
+        return None
+
+    bad: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        for done, (path, reason) in enumerate(zip(files, pool.map(check, files)), start=1):
+            if reason is not None:
+                bad.append((path, reason))
+            if progress and (done == len(files) or done % 64 == 0):
+                progress(done, len(files))
+    return bad
 
 
 def image_size_spread(paths: Sequence[str], sample: int = 200, seed: int = 0) -> dict:

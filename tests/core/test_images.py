@@ -1,6 +1,7 @@
 """Tests for core.images: decoding every format, bad inputs, resizing, and the one path to a model's input."""
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -161,3 +162,21 @@ def test_prepare_image_stretch_and_letterbox():
     assert boxed.shape == (32, 32, 3)
     assert np.all(boxed[0] == 0) and np.all(boxed[-1] == 0) and np.all(boxed[16] == 200)
     assert np.array_equal(boxed[..., 0], boxed[..., 2])
+
+
+def test_unreadable_files_names_each_broken_file_with_its_reason(tmp_path):
+    from core.images import unreadable_files
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(good)
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)).save(jpeg, "JPEG")
+    (tmp_path / "truncated.jpeg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (tmp_path / "notes.png").write_bytes(b"%PDF-1.4 not an image")
+    (tmp_path / "empty.jpeg").write_bytes(b"")
+    seen = []
+    bad = dict(unreadable_files([str(p) for p in sorted(tmp_path.iterdir())], progress=lambda d, n: seen.append((d, n))))
+    assert set(bad) == {str(tmp_path / n) for n in ("truncated.jpeg", "notes.png", "empty.jpeg")}
+    assert "truncated" in bad[str(tmp_path / "truncated.jpeg")] and "empty" in bad[str(tmp_path / "empty.jpeg")]
+    assert "PDF" in bad[str(tmp_path / "notes.png")]
+    assert seen[-1] == (4, 4)
