@@ -205,8 +205,29 @@ def _two_class_model(model: keras.Model) -> keras.Model:
     return two_class
 
 
+def _visualizer(model: keras.Model, method: str, cache: dict | None):
+    """The tf-keras-vis object for ``method``; kept in ``cache`` so Score-CAM's two-class view is built once."""
+    if cache is not None and method in cache:
+        return cache[method]
+    if method == "gradcam":
+        from tf_keras_vis.gradcam import Gradcam
+
+        visualizer = Gradcam(model, model_modifier=None, clone=False)
+    elif method == "gradcam++":
+        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+
+        visualizer = GradcamPlusPlus(model, model_modifier=None, clone=False)
+    else:
+        from tf_keras_vis.scorecam import Scorecam
+
+        visualizer = Scorecam(_two_class_model(model), model_modifier=None, clone=False)
+    if cache is not None:
+        cache[method] = visualizer
+    return visualizer
+
+
 def compute_cam(model: keras.Model, images: np.ndarray, method: str = "gradcam", layer: str | None = None,
-                target: str = "predicted", threshold: float = 0.5) -> np.ndarray:
+                target: str = "predicted", threshold: float = 0.5, visualizers: dict | None = None) -> np.ndarray:
     """Class activation maps for a batch of X-rays, computed with tf-keras-vis.
 
     Methods: ``gradcam`` (Selvaraju et al. 2017), ``gradcam++`` (Chattopadhay et al. 2018),
@@ -230,29 +251,20 @@ def compute_cam(model: keras.Model, images: np.ndarray, method: str = "gradcam",
     layer = layer or default_cam_layer(model)
     model.get_layer(layer)  # fail early with Keras's message naming the layer
     if len(x) > CAM_BATCH:  # bound memory: Score-CAM alone runs max_N forward passes per image
-        cam = np.concatenate([compute_cam(model, x[i:i + CAM_BATCH], method, layer, target, threshold)
+        cam = np.concatenate([compute_cam(model, x[i:i + CAM_BATCH], method, layer, target, threshold, visualizers)
                               for i in range(0, len(x), CAM_BATCH)])
         return cam
     explained = _explained_classes(_logits(model, x), target, threshold)
     options = dict(penultimate_layer=layer, seek_penultimate_conv_layer=False, expand_cam=False,
                    normalize_cam=False, activation_modifier=None)
     # The model already outputs a linear logit: no ReplaceToLinear modifier, hence no clone.
-    if method == "gradcam":
-        from tf_keras_vis.gradcam import Gradcam
-
-        raw = Gradcam(model, model_modifier=None, clone=False)(BinaryScore(list(explained)), x, **options)
-    elif method == "gradcam++":
-        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-
-        raw = GradcamPlusPlus(model, model_modifier=None, clone=False)(BinaryScore(list(explained)), x, **options)
+    visualizer = _visualizer(model, method, visualizers)
+    if method in ("gradcam", "gradcam++"):
+        raw = visualizer(BinaryScore(list(explained)), x, **options)
     else:
-        from tf_keras_vis.scorecam import Scorecam
-
-        two_class = _two_class_model(model)
         channels = int(model.get_layer(layer).output.shape[-1])
-        raw = Scorecam(two_class, model_modifier=None, clone=False)(
-            CategoricalScore([int(e) for e in explained]), x, max_N=min(SCORECAM_MAX_N, channels),
-            batch_size=32, **options)
+        raw = visualizer(CategoricalScore([int(e) for e in explained]), x, max_N=min(SCORECAM_MAX_N, channels),
+                         batch_size=32, **options)
     cam = _finish(np.asarray(raw), x.shape[1:3])
     return cam[0] if single else cam
 
@@ -282,6 +294,7 @@ class Explainer:
         self.model = model
         self.layer = layer or default_cam_layer(model)
         self.threshold = float(threshold)
+        self._visualizers: dict = {}  # tf-keras-vis objects, built on first use (Score-CAM's two-class view)
         features = model.get_layer(self.layer).output
         self._grad_model = keras.Model(model.inputs, [features, model.outputs[0]])
         height, width = model.input_shape[1:3]
@@ -363,7 +376,8 @@ class Explainer:
         else:
             logit = _logits(self.model, x[:1])
             pneumonia = _explained_classes(logit, target, self.threshold)[0]
-            cam = compute_cam(self.model, x[0], method, self.layer, "pneumonia" if pneumonia else "normal")
+            cam = compute_cam(self.model, x[0], method, self.layer, "pneumonia" if pneumonia else "normal",
+                              visualizers=self._visualizers)
         return Explanation(float(_sigmoid(logit[0])), cam, method, self.layer,
                            "pneumonia" if pneumonia else "normal")
 

@@ -208,6 +208,18 @@ def test_explainer_other_methods_and_wrong_size(trained, held_out):
         explainer.explain(np.zeros((32, 32, 3), np.float32))
 
 
+def test_score_cam_builds_its_two_class_view_once_per_explainer(trained, held_out):
+    """The two-class model (and its compiled predict function) is reused, not rebuilt and retraced per call."""
+    explainer = Explainer(trained, threshold=0.5)
+    first = explainer.explain(held_out[0][0], method="scorecam")
+    scorecam = explainer._visualizers["scorecam"]
+    predict_function = scorecam.model.predict_function
+    assert predict_function is not None
+    again = explainer.explain(held_out[0][0], method="scorecam")
+    assert explainer._visualizers["scorecam"] is scorecam and scorecam.model.predict_function is predict_function
+    np.testing.assert_allclose(again.cam, first.cam, atol=1e-5)
+
+
 def test_deleting_salient_pixels_hurts_more_than_random(trained, held_out):
     images, _ = _called_pneumonia(trained, held_out)
     images = images[:10]
