@@ -1,4 +1,4 @@
-# The two set-up commands: `make run` (the dashboard on the built-in demo data) and `make test`.
+# The two set-up commands: `make run` (the dashboard on the bundled real X-ray sample) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

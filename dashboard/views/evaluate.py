@@ -223,10 +223,10 @@ if audit is None:
         else:
             st.rerun()  # show the saved audit, without the button
 if audit is not None:
-    band_text = (f"border band: the outer {audit['border_fraction']:.0%} of each side ({audit['border_px']} px at "
+    band_text = (f"border band: the outer {charts.pct(audit['border_fraction'], 0)} of each side ({audit['border_px']} px at "
                  f"{audit['image_size']} px)")
     cols = st.columns(4)
-    cols[0].metric("Heatmap energy in the border band", charts.pct(audit["border_share"], 0),
+    cols[0].metric("Heatmap in the border band", charts.pct(audit["border_share"], 0),
                    help=f"Mean over {audit['n']} test images; {band_text}.")
     cols[1].metric("A uniform map would put", charts.pct(audit["uniform_border_share"], 0),
                    help="The band's share of the image area.")
