@@ -39,7 +39,7 @@ __all__ = [
 
 ENSEMBLE_FILE = "ensemble.json"
 MEMBER_PREFIX = "member_"
-Progress = Callable[[str], None]
+Progress = Callable[[str, float], None]  # (message, fraction of the ensemble done)
 
 
 def is_ensemble(run: Run) -> bool:
@@ -193,7 +193,7 @@ def _train_members(run: Run, members: Sequence[Run], progress: Progress) -> None
             continue
         if run.stop_requested():
             raise StopRequested()
-        progress(f"training member {index}/{len(members)}: {member.id}")
+        progress(f"training member {index}/{len(members)}: {member.id}", 0.9 * (index - 1) / len(members))
         args = [sys.executable, "-m", "core.train", "--run-dir", str(member.path)]
         if state != "created":
             args.append("--resume")
@@ -223,25 +223,25 @@ def build_ensemble(run: Run, progress: Progress | None = None) -> dict[str, Any]
     from core.pipeline import load_arrays, make_dataset
     from core.splits import MANIFEST_NAME, saved_splits
 
-    report = progress or (lambda message: None)
+    report = progress or (lambda message, fraction: None)
     store = RunStore(run.path.parent)
     members = [store.get(member) for member in member_ids(run)]
     _train_members(run, members, report)
     _check_same_splits(members)
     (run.path / MANIFEST_NAME).write_bytes((members[0].path / MANIFEST_NAME).read_bytes())
 
-    report("combining the members' models")
+    report("combining the members' models", 0.9)
     model = combine_models([load_model(member.model_path) for member in members])
     model.save(run.model_path)
 
     config = run.config()
-    report("choosing the ensemble's threshold on validation")
+    report("choosing the ensemble's threshold on validation", 0.92)
     val = saved_splits(run.path).val
     loaded = load_arrays(val, config.data.image_size, config.data.resize_mode, cache=config.data.cache)
     choose_run_threshold(run, model, make_dataset(*loaded, config.train.batch_size, training=False), loaded.labels,
                          [val[i].patient or val[i].path for i in loaded.kept],
                          f"validation ({len(loaded.kept)} images), ensemble of {len(members)}")
-    report("evaluating once on the test split")
+    report("evaluating once on the test split", 0.95)
     return evaluate_run(run)
 
 

@@ -120,14 +120,41 @@ with right:
     charts.chart(fig)
 
 if index.problems:
-    with st.expander(f":material/warning: {len(index.problems)} problem(s) found — unreadable files, duplicates, stray images",
-                     expanded=len(index.problems) <= 5):
+    with st.expander(f":material/warning: {len(index.problems)} problem(s) found — stray or non-image files, empty "
+                     "folders, duplicates", expanded=len(index.problems) <= 5):
         for line in index.problems[:200]:
             st.markdown(f"- {line}")
         if len(index.problems) > 200:
             st.caption(f"… and {len(index.problems) - 200} more")
 else:
-    st.success("No problems found: every class folder has images, no byte-identical duplicates.", icon=":material/check_circle:")
+    st.success("No problems found in the folder layout: every class folder has images, no byte-identical duplicates.",
+               icon=":material/check_circle:")
+
+
+@st.fragment
+def decode_check(paths: list[str], key: str) -> None:
+    """Decode every image once, as training will, and list the ones that fail (on request: it reads every file)."""
+    from core.images import unreadable_files
+
+    if st.button(f"Check that all {len(paths):,} images decode", key=f"decode-{key}", icon=":material/fact_check:",
+                 help="Reads and decodes every file (JPEG draft mode keeps it quick); truncated or damaged files are "
+                      "listed here instead of being skipped during training."):
+        bar = st.progress(0.0, text="Decoding…")
+        st.session_state[f"unreadable-{key}"] = unreadable_files(
+            paths, progress=lambda done, total: bar.progress(done / total, text=f"Decoded {done:,} of {total:,}"))
+        bar.empty()
+    bad = st.session_state.get(f"unreadable-{key}")
+    if bad is None:
+        return
+    if not bad:
+        st.success("Every image decodes.", icon=":material/check_circle:")
+    else:
+        st.error(f"{len(bad)} image(s) cannot be decoded; training skips them:", icon=":material/broken_image:")
+        for path, reason in bad[:100]:
+            st.markdown(f"- `{state.short_path(path)}`: {reason}")
+
+
+decode_check([r.path for r in index.records], key=f"{index.root}-{len(index.records)}")
 
 # ---------------------------------------------------------------------------------- patient ids
 overlap = patient_overlap(index)

@@ -10,7 +10,9 @@ import streamlit as st
 
 from core.backbones import BACKBONES
 from core.config import PRESETS, ConfigError, RunConfig, preset
+from core.ensemble import create_seed_ensemble, member_ids
 from core.runs import Run, RunError
+from core.threshold import THRESHOLD_LABELS
 from dashboard import charts, resources, state
 
 IMAGE_SIZES = [32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512]
@@ -113,6 +115,16 @@ def live_panel(run: Run) -> None:
                 st.success(f"Finished. Test set: sensitivity {charts.pct(metrics.get('sensitivity'))}, "
                            f"specificity {charts.pct(metrics.get('specificity'))}, ROC AUC {charts.num(metrics.get('roc_auc'))}.",
                            icon=":material/check_circle:")
+            members = member_ids(run)
+            if members:
+                rows = [{"member": charts.run_title(m), "state": m.status().state,
+                         "epoch": f"{m.status().epoch} / {m.status().epochs_total or '?'}",
+                         "best val AUC": m.status().best_val_auc} for m in map(state.run_or_none, members) if m]
+                st.caption(f":material/stacks: An ensemble of {len(members)} runs, trained one after another:")
+                st.dataframe(rows, hide_index=True, width="stretch")
+            phases = [row for row in run.history("phase") if row.get("note")]
+            if phases:
+                st.caption(" · ".join(f"**{row['phase']}**: {row['note']}" for row in phases))
             epochs = run.epochs()
             steps = run.history("step") if status.active else None
             if epochs or steps:
@@ -306,8 +318,10 @@ with schedule_tab:
                         help="Stop a phase when its best-epoch measure has not improved for this many epochs.")
     with st.expander("Threshold, device and reproducibility"):
         a, b, c = st.columns(3)
-        a.radio("Decision threshold chosen on validation by", ["youden", "sensitivity"], key="cfg.train.threshold_method",
-                format_func={"youden": "Youden's J (balance)", "sensitivity": "a target sensitivity"}.get)
+        a.selectbox("Decision threshold chosen on validation by", list(THRESHOLD_LABELS), key="cfg.train.threshold_method",
+                    format_func=THRESHOLD_LABELS.get,
+                    help="Fixed before training and applied to the validation predictions at the end; the test split "
+                         "never takes part. benchmarks/operating_point.py compares the rules across seeds.")
         if st.session_state["cfg.train.threshold_method"] == "sensitivity":
             a.slider("Target sensitivity", 0.5, 0.99, step=0.01, key="cfg.train.target_sensitivity")
         b.selectbox("Device", ["auto", "cpu", "gpu", "mirrored", "multiworker"], key="cfg.train.device")
@@ -339,9 +353,17 @@ with right:
     if any_active:
         st.info("A run is in progress. Stop it or wait for it to finish before starting another: "
                 "two trainings would share this machine's cores.", icon=":material/hourglass_top:")
+    how = st.radio("Train", ["one run", "3 seeds"], horizontal=True, key="train_how",
+                   format_func={"one run": "one run", "3 seeds": "3 seeds → an ensemble"}.get,
+                   help="3 seeds: three runs of these settings (seeds s, s+1, s+2, one shared validation split), "
+                        "trained one after another, then an ensemble run that averages their logits and chooses its "
+                        "own threshold on validation. Each member and the ensemble show up as runs.")
     if st.button("Start training", type="primary", icon=":material/rocket_launch:", disabled=bool(problem) or any_active, width="stretch"):
         try:
-            run = state.store().create(config)
+            if how == "3 seeds":
+                run = create_seed_ensemble(state.store(), config, seeds=3)
+            else:
+                run = state.store().create(config)
             run.launch()
         except (ConfigError, RunError, OSError) as exc:
             st.error(f"Could not start: {exc}")

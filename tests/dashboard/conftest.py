@@ -36,6 +36,9 @@ def make_finished_run(store: RunStore, demo_root: Path):
                                                          "train.finetune.epochs": 2})
     run = store.create(config)
     build_classifier(config.model, config.data.image_size).save(run.model_path)
+    for phase, note in (("head", "frozen layers computed once and cached: no augmentation in this phase"),
+                        ("finetune", "training on images (augmentation is on in this phase)")):
+        run.append_history({"type": "phase", "phase": phase, "note": note})
     _epochs(run, ["head", "finetune", "finetune"])
     files = sorted((demo_root / "test" / "NORMAL").glob("*.png"))[:10] + sorted((demo_root / "test" / "PNEUMONIA").glob("*.png"))[:10]
     labels = np.array([0] * 10 + [1] * 10)

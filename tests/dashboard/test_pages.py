@@ -92,6 +92,27 @@ def test_data_page_reports_an_empty_class(tmp_path, empty_env):
     assert any("only class NORMAL has images" in e.value for e in at.error)
 
 
+def test_data_page_decodes_every_image_on_request_and_names_the_broken_ones(tmp_path, empty_env):
+    from PIL import Image
+
+    folder = tmp_path / "set"
+    for cls, names in (("NORMAL", [f"IM-{k:04d}-0001.png" for k in range(6)]),
+                       ("PNEUMONIA", [f"person{k}_virus_{k}.png" for k in range(6)])):
+        (folder / cls).mkdir(parents=True)
+        for k, name in enumerate(names):
+            Image.new("L", (64, 64), 40 * k + (cls == "NORMAL")).save(folder / cls / name)
+    broken = folder / "PNEUMONIA" / "person99_virus_1.png"
+    broken.write_bytes((folder / "PNEUMONIA" / "person0_virus_0.png").read_bytes()[:60])  # truncated
+    at = open_page()
+    at.radio(key="cfg.data.source").set_value("folder").run()
+    at.text_input(key="cfg.data.path").input(str(folder)).run()
+    assert metric(at, "Problems found") == "0"  # a truncated file looks fine from the folder alone
+    next(b for b in at.button if b.label.startswith("Check that all 13 images decode")).click().run()
+    assert not at.exception
+    assert any("1 image(s) cannot be decoded" in e.value for e in at.error)
+    assert "person99_virus_1.png" in texts(at)
+
+
 def test_data_page_compares_the_folder_with_a_runs_saved_splits(tmp_path, empty_env):
     from image_samples import touch_images
 
@@ -167,6 +188,24 @@ def test_start_creates_a_run_from_the_settings_and_launches_it(empty_env, monkey
     assert runs[0].config().train.finetune.epochs == 2
 
 
+def test_three_seeds_start_an_ensemble_of_three_members_sharing_one_split(empty_env, monkeypatch):
+    from core.ensemble import member_ids
+    from core.runs import Run, RunStore
+
+    launched = []
+    monkeypatch.setattr(Run, "launch", lambda self, resume=False, env=None: launched.append(self.id) or 12345)
+    at = open_page("train")
+    at.number_input(key="cfg.train.seed").set_value(7).run()
+    at.radio(key="train_how").set_value("3 seeds").run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    store = RunStore()
+    ensemble = store.get(launched[0])  # only the ensemble is launched: it trains its members itself
+    assert len(launched) == 1 and len(store.list()) == 4
+    members = [store.get(m).config() for m in member_ids(ensemble)]
+    assert [c.train.seed for c in members] == [7, 8, 9] and {c.split_seed for c in members} == {7}
+    assert "ensemble of 3 runs" in texts(at)
+
+
 def test_time_estimate_is_measured_in_its_own_process(empty_env, monkeypatch):
     """The page asks a ``python -m core.train --estimate`` process: it never trains or sets Keras's dtype policy itself."""
     import core.estimate
@@ -203,6 +242,12 @@ def test_failed_run_error_is_shown_readably(runs_env):
     errors = [e.value for e in at2.error]
     assert any(runs_env['failed_error'] in e for e in errors)
     assert not any("Traceback" in e for e in errors)
+
+
+def test_live_panel_says_which_phases_were_cached(finished_only_env):
+    at = open_page("train", train_run_id=finished_only_env["finished"].id)
+    shown = texts(at)
+    assert "**head**: frozen layers computed once and cached" in shown and "**finetune**: training on images" in shown
 
 
 def test_failed_run_in_the_live_panel(finished_only_env):
