@@ -31,7 +31,14 @@ __all__ = ["validation_predictions", "compare_rules", "pick_default", "main"]
 
 
 def validation_predictions(run) -> dict[str, np.ndarray]:
-    """Labels, P(PNEUMONIA) and patient ids of a run's validation images (its saved list, its best model)."""
+    """Labels, P(PNEUMONIA) and patient ids of a run's validation images (its saved list, its best model).
+
+    Read from the run's ``threshold.json`` when the trainer saved them there; else predicted again.
+    """
+    saved = (run.read_json("threshold.json") or {}).get("validation")
+    if saved:
+        return {"y": np.asarray(saved["labels"], dtype=int), "p": np.asarray(saved["probabilities"], dtype=float),
+                "groups": np.asarray(saved["patients"])}
     from core.evaluate import predict_probabilities
     from core.model import load_model
     from core.pipeline import load_arrays, make_dataset
