@@ -195,6 +195,8 @@ class TrainConfig:
     jit_compile: bool | Literal["auto"] = "auto"
     progress_every_steps: int = 5
     cache_frozen_features: bool = True  # reuse frozen-backbone features when no augmentation runs
+    # Off for sweep members (core.sweep): they are compared on validation, and only the final run sees test.
+    evaluate_test: bool = True
 
     def validate(self) -> None:
         self.head.validate("head")
@@ -214,6 +216,7 @@ class TrainConfig:
         _one_of(self.precision, ("auto", "float32", "mixed_bfloat16", "mixed_float16"), "train.precision")
         _one_of(self.jit_compile, (True, False, "auto"), "train.jit_compile")
         _check(self.progress_every_steps >= 1, "train.progress_every_steps", "must be ≥ 1")
+        _one_of(self.evaluate_test, (True, False), "train.evaluate_test")
 
 
 @dataclass

@@ -261,9 +261,13 @@ def _finish(run: Run, config: RunConfig, x_val, y_val, groups: list[str], batch:
     writer.update(phase="threshold", message="Choosing the decision threshold on validation…")
     choose_run_threshold(run, model, make_dataset(x_val, y_val, batch, training=False), y_val, groups,
                          f"validation ({len(y_val)} images)")
-    writer.update(phase="evaluate", message="Evaluating once on the test split…")
-    evaluate_run(run)
-    writer.update(state="finished", finished_at=_now(), progress=1.0, eta_seconds=0, message="Finished")
+    done = "Finished"
+    if config.train.evaluate_test:
+        writer.update(phase="evaluate", message="Evaluating once on the test split…")
+        evaluate_run(run)
+    else:  # a sweep member: compared on validation; only the sweep's final run sees the test split
+        done = "Finished (not evaluated on test: compared on validation only)"
+    writer.update(state="finished", finished_at=_now(), progress=1.0, eta_seconds=0, message=done)
     # Only now: a kill before "finished" must still find the backup and the checkpoints.
     for folder in ("backup", "checkpoints"):
         shutil.rmtree(run.path / folder, ignore_errors=True)
