@@ -4,19 +4,31 @@ When a phase trains with the bottom of the network frozen and no augmentation, t
 maps each image to the same tensor every epoch. Computing that tensor once and training only the
 top turns the head phase into a logistic regression on cached features and cuts fine-tuning to
 the unfrozen blocks. The top model reuses the full model's layer objects, so its weights *are*
-the full model's weights: nothing is copied back. Results are identical in expectation (dropout
-and augmentation-free inputs are the same; frozen BatchNorm runs in inference mode either way).
+the full model's weights: nothing is copied back. With a cache folder the outputs are also kept on
+disk, keyed by the frozen layers' weights and the images themselves, so another run with the same
+frozen bottom (a sweep's next member) reads them instead of computing them again. Results are
+identical in expectation (dropout and augmentation-free inputs are the same; frozen BatchNorm runs
+in inference mode either way).
 """
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
 import psutil
 import tensorflow as tf
 
-__all__ = ["FrozenSplit", "split_at_freeze_boundary", "cache_plan", "compute_frozen", "features_dataset"]
+__all__ = ["FrozenSplit", "split_at_freeze_boundary", "cache_plan", "compute_frozen", "frozen_features",
+           "frozen_cache_key", "features_dataset"]
+
+log = logging.getLogger("cxr_studio.frozen")
 
 
 @dataclass
@@ -97,6 +109,61 @@ def compute_frozen(split: FrozenSplit, dataset: tf.data.Dataset) -> np.ndarray:
         out[done:done + len(batch)] = batch
         done += len(batch)
     return out
+
+
+def frozen_cache_key(split: FrozenSplit, images: np.ndarray) -> str:
+    """What the frozen outputs depend on, hashed: the boundary, the dtype policy, every weight of the frozen
+    bottom (so backbone, weights file, width and seed), and the images' pixels (so data, image size, resize).
+
+    Exact by construction: a changed weights file or data folder gives another key, never a stale hit.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"frozen-v1|{split.boundary}|{tuple(split.bottom.output.shape[1:])}|"
+                  f"{split.bottom.dtype_policy.name}|{images.shape}|{images.dtype}".encode())
+    for weight in split.bottom.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(f"|{weight.path}|{value.shape}|{value.dtype}|".encode())
+        digest.update(value.tobytes())
+    for start in range(0, len(images), 256):  # in slices: a memory-mapped array is not read in whole
+        digest.update(np.ascontiguousarray(images[start:start + 256]).tobytes())
+    return digest.hexdigest()
+
+
+def frozen_features(split: FrozenSplit, images: np.ndarray, dataset: Callable[[], tf.data.Dataset], *,
+                    cache_dir: str | Path | None = None) -> tuple[np.ndarray, bool]:
+    """The frozen bottom's outputs for ``images``: read from ``<cache_dir>/frozen/`` when there, else computed.
+
+    Args:
+        split: the model split at its freeze boundary.
+        images: the images ``dataset`` yields, in order (they key the cache).
+        dataset: builds the plain (unshuffled, unaugmented) dataset; called only when computing.
+        cache_dir: the cache root; None computes and keeps nothing on disk.
+
+    Returns:
+        ``(features, read_from_cache)``; features are float16, memory-mapped when read from the cache.
+    """
+    if cache_dir is None:
+        return compute_frozen(split, dataset()), False
+    folder = Path(cache_dir).expanduser() / "frozen"
+    key = frozen_cache_key(split, images)
+    path = folder / f"{key}.npy"
+    expected = (len(images), *split.bottom.output.shape[1:])
+    if path.is_file():
+        try:
+            features = np.load(path, mmap_mode="r", allow_pickle=False)
+            if features.shape == expected:
+                log.info("frozen outputs at '%s' read from the disk cache (%s)", split.boundary, key)
+                return features, True
+        except (OSError, ValueError):
+            pass
+        log.warning("frozen-output cache %s is unreadable; computing again", key)
+    features = compute_frozen(split, dataset())
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
+        np.save(handle, features, allow_pickle=False)
+    os.replace(handle.name, path)  # atomic: a reader sees the whole file or none
+    log.info("frozen outputs at '%s' computed and saved to the disk cache (%s)", split.boundary, key)
+    return features, False
 
 
 def features_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool,

@@ -218,15 +218,18 @@ def _train_phase(run: Run, writer: StatusWriter, model, strategy, plan, config: 
 def _phase_inputs(model, name: str, phase: PhaseConfig, config: RunConfig, plan, batch: int,
                   train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]):
     """The model to fit and its data for one phase: cached frozen outputs when that is exact, else images."""
-    from core.frozen import cache_plan, compute_frozen, features_dataset, split_at_freeze_boundary
+    from core.demo import default_cache_dir
+    from core.frozen import cache_plan, features_dataset, frozen_features, split_at_freeze_boundary
     from core.pipeline import make_dataset
 
     augment_active = phase.augment and config.augment.active
     split = split_at_freeze_boundary(model) if config.train.cache_frozen_features else None
     use_cache, note = cache_plan(split, len(train[1]) + len(val[1]), augment_active, config.train.cache_frozen_features)
-    if use_cache:
-        plain = [make_dataset(x, y, batch, training=False) for x, y in (train, val)]
-        features = [compute_frozen(split, ds) for ds in plain]
+    if use_cache:  # with data.cache "disk", frozen outputs are kept on disk too, for the next run of the same bottom
+        cache_dir = default_cache_dir() if config.data.cache == "disk" else None
+        features, hits = zip(*(frozen_features(split, x, lambda x=x, y=y: make_dataset(x, y, batch, training=False),
+                                               cache_dir=cache_dir) for x, y in (train, val)))
+        note += "; read from the disk cache" if all(hits) else "; saved to the disk cache" if cache_dir else ""
         return (split.top,
                 features_dataset(features[0], train[1], batch, training=True, seed=config.train.seed),
                 features_dataset(features[1], val[1], batch, training=False), note)
