@@ -94,6 +94,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 class Run:
     """One run folder: ``config.json``, ``status.json``, ``history.jsonl``, ``model.keras``, … ."""
 
+    ENTRY_POINT = "core.train"  # the module :meth:`launch` starts on this folder
+
     def __init__(self, path: Path):
         self.path = Path(path)
 
@@ -230,22 +232,32 @@ class Run:
 
         Only ``launch.json`` is written here: from now on the trainer owns ``status.json``.
         """
+        proc = self.spawn(resume, env)
+        # Reap the child when it ends, so a long-lived launcher (the dashboard) collects no zombies.
+        threading.Thread(target=proc.wait, name=f"reap-{self.id}", daemon=True).start()
+        return proc.pid
+
+    def spawn(self, resume: bool = False, env: dict[str, str] | None = None, *, own_session: bool = True,
+              command: list[str] | None = None) -> subprocess.Popen:
+        """Start ``command`` (default ``python -m <ENTRY_POINT>``) ``--run-dir …`` and record it in ``launch.json``.
+
+        ``own_session=False`` keeps the trainer in the caller's process group (a sweep's coordinator,
+        whose hard stop must reach its member too).
+        """
         self.check_can_start(resume)
         self.stop_path.unlink(missing_ok=True)
-        args = [sys.executable, "-m", "core.train", "--run-dir", str(self.path)]
+        args = [*(command or [sys.executable, "-m", self.ENTRY_POINT]), "--run-dir", str(self.path)]
         if resume:
             args.append("--resume")
         started = time.time()  # before the trainer can write: its heartbeat is always later
         with open(self.log_path, "a") as log:
             proc = subprocess.Popen(
                 args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=own_session,
             )
-        # Reap the child when it ends, so a long-lived launcher (the dashboard) collects no zombies.
-        threading.Thread(target=proc.wait, name=f"reap-{self.id}", daemon=True).start()
-        self.write_json("launch.json", {"pid": proc.pid, "pgid": proc.pid, "host": HOST, "time": started,
-                                        "started": process_start_time(proc.pid), "resume": resume})
-        return proc.pid
+        self.write_json("launch.json", {"pid": proc.pid, "pgid": proc.pid if own_session else None, "host": HOST,
+                                        "time": started, "started": process_start_time(proc.pid), "resume": resume})
+        return proc
 
     def request_stop(self) -> None:
         """Ask the trainer to stop after the current batch (works across hosts); the best checkpoint is kept."""
