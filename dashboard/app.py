@@ -32,6 +32,7 @@ page = st.navigation(
     [
         st.Page(state.PAGES["data"], title="Data", icon=":material/dataset:", default=True),
         st.Page(state.PAGES["train"], title="Train", icon=":material/model_training:"),
+        st.Page(state.PAGES["sweep"], title="Sweep", icon=":material/grid_view:"),
         st.Page(state.PAGES["runs"], title="Runs", icon=":material/table_rows:"),
         st.Page(state.PAGES["evaluate"], title="Evaluate", icon=":material/monitoring:"),
         st.Page(state.PAGES["explain"], title="Explain", icon=":material/search_insights:"),

@@ -15,6 +15,7 @@ STATE_BADGES = {
     "running": ":blue-badge[:material/autorenew: running]", "finished": ":green-badge[:material/check: finished]",
     "failed": ":red-badge[:material/error: failed]", "stopped": ":orange-badge[:material/stop: stopped]",
     "interrupted": ":orange-badge[:material/warning: interrupted]",
+    "paused": ":orange-badge[:material/pause: paused]", "cancelled": ":gray-badge[:material/cancel: cancelled]",
 }
 # Colours readable on the light and the dark theme.
 TRAIN_COLOUR, VAL_COLOUR = "#4C78A8", "#F58518"

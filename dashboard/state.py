@@ -15,6 +15,7 @@ SYNTHETIC_BADGE = ":orange-badge[synthetic]"
 PAGES = {
     "data": "views/data.py",
     "train": "views/train.py",
+    "sweep": "views/sweep.py",
     "runs": "views/runs.py",
     "evaluate": "views/evaluate.py",
     "explain": "views/explain.py",

@@ -21,6 +21,13 @@ if run is None:
 
 metrics = run.metrics()
 config = run.config()
+if not metrics and not config.train.evaluate_test:
+    st.info(f"Run **{charts.run_title(run)}** is a sweep member: it is compared with the other members on "
+            "validation only and never evaluated on test, so that nobody chooses on test. Train the final run "
+            "with the chosen settings on the **Sweep** page; that run is evaluated once on test.",
+            icon=":material/grid_view:")
+    st.page_link(state.PAGES["sweep"], label="Go to Sweep", icon=":material/grid_view:")
+    st.stop()
 if not metrics or not metrics.get("predictions"):
     st.warning(f"Run **{charts.run_title(run)}** has no test evaluation (metrics.json) yet. Runs are evaluated "
                "on the test split when training finishes; run `python -m core.evaluate "

@@ -9,6 +9,7 @@ from plotly.subplots import make_subplots
 from core.backbones import BACKBONES
 from core.ensemble import member_ids
 from core.runs import Run, RunError
+from core.sweep import list_sweeps, sweep_of_runs
 from dashboard import charts, state
 
 EXPORT_FORMATS = {"keras": ("Keras (.keras)", "application/octet-stream"),
@@ -22,6 +23,7 @@ if not runs:
     st.info("The run store is empty. Start a run on the **Train** page.", icon=":material/table_rows:")
     st.page_link(state.PAGES["train"], label="Go to Train", icon=":material/model_training:")
     st.stop()
+sweep_of = sweep_of_runs(state.store())  # member run id → (sweep, place in its grid)
 
 
 def summary(run: Run) -> dict:
@@ -33,8 +35,10 @@ def summary(run: Run) -> dict:
     metrics = run.metrics() or {}
     backbone = BACKBONES[config.model.backbone].label if config.model.backbone in BACKBONES else config.model.backbone
     members = member_ids(run)
+    sweep = sweep_of.get(run.id)
     return {
         "run": charts.run_title(run),
+        "sweep": f"{sweep[0].name} #{sweep[1]}" if sweep else "",
         "state": status.state,
         "backbone": f"ensemble of {len(members)} ({backbone}, …)" if members else backbone,
         "size": config.data.image_size,
@@ -50,13 +54,35 @@ def summary(run: Run) -> dict:
     }
 
 
-table = pd.DataFrame([summary(run) for run in runs])
-st.dataframe(table, hide_index=True, width="stretch", column_config={
-    "best val AUC": st.column_config.NumberColumn(format="%.3f"),
-    "test AUC": st.column_config.NumberColumn(format="%.3f"),
-    "sensitivity": st.column_config.NumberColumn(format="percent"),
-    "specificity": st.column_config.NumberColumn(format="percent"),
-})
+def grouped(run: Run) -> tuple[str, int]:
+    """Newest first, a sweep's members together in grid order."""
+    sweep = sweep_of.get(run.id)
+    return (sweep[0].id.removeprefix("sweep-"), -sweep[1]) if sweep else (run.id, 0)
+
+
+show_members = bool(sweep_of) and st.toggle(f"Show sweep members ({len(sweep_of)})", key="runs_show_members",
+                                            help="Sweep members are compared on the Sweep page, on validation only.")
+listed = sorted((run for run in runs if show_members or run.id not in sweep_of), key=grouped, reverse=True)
+table = pd.DataFrame([summary(run) for run in listed])
+if not show_members and "sweep" in table:
+    table = table.drop(columns="sweep")
+if table.empty:
+    st.caption("Every run here is a sweep member: show them with the switch above, or open their sweep below.")
+else:
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "best val AUC": st.column_config.NumberColumn(format="%.3f"),
+        "test AUC": st.column_config.NumberColumn(format="%.3f"),
+        "sensitivity": st.column_config.NumberColumn(format="percent"),
+        "specificity": st.column_config.NumberColumn(format="percent"),
+    })
+sweeps = list_sweeps(state.store())
+if sweeps:
+    st.markdown("**Sweeps** — grids of runs, compared on validation")
+    st.dataframe(pd.DataFrame([{"sweep": s.name, "state": s.status().state, "members": len(s.members()),
+                                "progress": s.status().progress, "id": s.id} for s in sweeps]),
+                 hide_index=True, width="stretch", column_config={"progress": st.column_config.ProgressColumn(
+                     min_value=0.0, max_value=1.0, format="percent")})
+    st.page_link(state.PAGES["sweep"], label="Open the Sweep page", icon=":material/grid_view:")
 
 by_id = {run.id: run for run in runs}
 default = [run.id for run in runs if run.metrics()][:2]

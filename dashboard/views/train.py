@@ -12,6 +12,7 @@ from core.backbones import BACKBONES
 from core.config import PRESETS, ConfigError, RunConfig, preset
 from core.ensemble import create_seed_ensemble, member_ids
 from core.runs import Run, RunError
+from core.sweep import list_sweeps
 from core.threshold import THRESHOLD_LABELS
 from dashboard import charts, resources, state
 
@@ -110,6 +111,9 @@ def live_panel(run: Run) -> None:
                 st.warning(status.message, icon=":material/warning:")
             elif status.state == "stopped":
                 st.info(status.message or "Stopped by request.", icon=":material/stop_circle:")
+            elif status.state == "finished" and not run.metrics() and not run.config().train.evaluate_test:
+                st.success("Finished. Not evaluated on test: a sweep member, compared on validation on the Sweep page.",
+                           icon=":material/check_circle:")
             elif status.state == "finished":
                 metrics = run.metrics() or {}
                 st.success(f"Finished. Test set: sensitivity {charts.pct(metrics.get('sensitivity'))}, "
@@ -139,7 +143,8 @@ focus = _focus_run()
 if focus is not None:
     live_panel(focus)
 
-any_active = any(run.status().active for run in state.store().list())
+any_active = (any(run.status().active for run in state.store().list())  # a sweep between two members is busy too
+              or any(sweep.status().active for sweep in list_sweeps(state.store())))
 
 # ---------------------------------------------------------------------------------- presets
 def _use_preset(name: str) -> None:
@@ -349,6 +354,8 @@ with left:
                     f"({config.train.head.epochs} head + {config.train.finetune.epochs} fine-tune), "
                     f"batch {config.train.batch_size}, data: {state.data_label(config)}.")
         show_estimate(config, key="estimate-current")
+    st.page_link(state.PAGES["sweep"], label="Several unfreeze depths or augmentation strengths? Sweep them",
+                 icon=":material/grid_view:")
 with right:
     if any_active:
         st.info("A run is in progress. Stop it or wait for it to finish before starting another: "
