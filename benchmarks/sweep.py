@@ -99,9 +99,9 @@ def _warm_file_cache(data: Path) -> int:
 
 
 def _member_seconds(run) -> float | None:
-    """From the coordinator's launch record to the trainer's last heartbeat ("finished")."""
-    launch, status = run.launch_record() or {}, run.raw_status()
-    return status.heartbeat_at - launch["time"] if launch.get("time") and status.heartbeat_at else None
+    """From the member's launch to its process's exit, as the coordinator recorded them in ``launch.json``."""
+    launch = run.launch_record() or {}
+    return launch["ended"] - launch["time"] if "ended" in launch and "time" in launch else None
 
 
 def _shared(run) -> str:
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep_exit_code": code, "sweep_seconds": sweep_seconds, "members_alone_seconds": alone_total,
         "speed_up": alone_total / sweep_seconds if alone_total else None, "members": members,
     }
-    text = table(rows, ["#", "settings", "state", "s in sweep*", "s alone", "val AUC sweep", "val AUC alone", "shared"])
-    text += "\n* from its launch to its 'finished' status; the process exits a moment later (the sweep's wall time has it)"
+    text = table(rows, ["#", "settings", "state", "s in sweep", "s alone", "val AUC sweep", "val AUC alone", "shared"])
     text += f"\n\nsweep wall time {sweep_seconds:.0f} s"
     if alone_total:
         text += (f"  vs  members alone (cold caches) {alone_total:.0f} s  →  {alone_total / sweep_seconds:.2f}× "

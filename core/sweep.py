@@ -503,7 +503,11 @@ class Coordinator:
         return proc
 
     def _settle(self, member: Run, code: int) -> None:
-        """After a member's process ended: a trainer that died without saying how is marked failed; the sweep goes on."""
+        """After a member's process ended: a trainer that died without saying how is marked failed; the sweep goes on.
+
+        The member's ``launch.json`` gets the exit code and the end time (its wall time in the sweep).
+        """
+        member.write_json("launch.json", {**(member.launch_record() or {}), "ended": time.time(), "exit_code": code})
         status = member.status()
         if status.state in (*DONE, "stopped") or member.live_trainer():
             log.info("member %s ended: %s%s", member.id, status.state, f" ({status.error})" if status.error else "")

@@ -53,6 +53,32 @@ def test_cache_plan_explains_why_not():
     assert ok and "computed once" in note
 
 
+def test_frozen_outputs_on_disk_are_read_back_only_for_the_same_weights_and_pixels(tmp_path):
+    from core.frozen import frozen_features
+    from core.pipeline import make_dataset
+
+    images = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 1), dtype=np.uint8)
+
+    def features(model, pixels):
+        split = split_at_freeze_boundary(model)
+        computed = []
+        dataset = lambda: computed.append(1) or make_dataset(pixels, np.zeros(len(pixels)), 4, training=False)
+        out, hit = frozen_features(split, pixels, dataset, cache_dir=tmp_path)
+        assert hit != bool(computed)  # read back, or computed: never both
+        return np.asarray(out), hit
+
+    model = build_classifier(ModelConfig(backbone="small_cnn", weights="none"), 32)
+    first, hit = features(model, images)
+    assert not hit and len(list((tmp_path / "frozen").glob("*.npy"))) == 1
+    again, hit = features(model, images)
+    assert hit and np.array_equal(again, first)
+    changed = images.copy()
+    changed[0, 0, 0, 0] ^= 1
+    assert not features(model, changed)[1]  # another pixel: another key
+    other = build_classifier(ModelConfig(backbone="small_cnn", weights="none"), 32)  # other random weights
+    assert not features(other, images)[1]
+
+
 @pytest.mark.slow
 def test_run_caches_the_head_phase_and_says_why_finetune_is_not(tmp_path, cache_dir):
     config = preset("Quick CPU demo").with_overrides(**{

@@ -124,6 +124,8 @@ def test_members_run_one_after_another_on_a_cpu(tmp_path, stand_in):
     calls = [_calls(run)[0] for run, _ in sweep.members()]
     assert all(call["gpu"] is None and not call["resume"] for call in calls)
     assert all(a["end"] <= b["start"] for a, b in zip(calls, calls[1:]))  # in grid order, never two at once
+    launches = [run.launch_record() for run, _ in sweep.members()]
+    assert all(l["exit_code"] == 0 and l["time"] < l["ended"] for l in launches)  # each member's wall time
     assert sweep.status().state == "finished" and sweep.status().progress == 1.0
 
 
