@@ -78,7 +78,7 @@ def train_run(run: Run, resume: bool = False, writer: StatusWriter | None = None
     writer = writer or StatusWriter(run).start(state="running", error=None)
     try:
         if is_ensemble(run):  # its members train as their own runs; then it is combined and evaluated
-            build_ensemble(run, progress=lambda message: writer.update(message=message))
+            build_ensemble(run, progress=lambda message, fraction: writer.update(message=message, progress=fraction))
             writer.update(state="finished", finished_at=_now(), progress=1.0, eta_seconds=0, message="Finished")
             return
         _train_run(run, resume, writer)
