@@ -202,7 +202,11 @@ def _train_phase(run: Run, writer: StatusWriter, model, strategy, plan, config: 
         fit_model.fit(train_ds, validation_data=val_ds, initial_epoch=start, epochs=end, class_weight=weights,
                       verbose=0, shuffle=False, callbacks=callbacks)  # the tf.data pipeline shuffles
     except StopRequested:
-        _publish(checkpoints.best(committed_epoch(run.path / "backup" / name) or start) or previous_best, run.model_path)
+        # An epoch with a history row has a complete checkpoint (ModelCheckpoint runs before the progress
+        # callback), even when the stop came before its backup was committed: keep the best so far.
+        logged = max((row["epoch"] for row in run.epochs() if row.get("phase") == name), default=0)
+        committed = committed_epoch(run.path / "backup" / name) or start
+        _publish(checkpoints.best(max(committed, logged)) or previous_best, run.model_path)
         raise
     losses = fit_model.history.history.get("loss", [0.0])
     if fit_model.stop_training and losses and not np.isfinite(losses[-1]):
