@@ -459,10 +459,14 @@ def follow_run(run, result: RowResult, env: dict[str, str], poll: float = 2.0, s
     """
     result.run_id, result.run_path = run.id, str(run.path)
     tag = f"[{result.name}{', ' + result.label if result.label else ''}]"
-    say(f"{tag} run {run.id} in {run.path.parent}")
+    state = run.status().state
+    say(f"{tag} run {run.id} in {run.path.parent}" + (f" (reused: {state})" if state != "created" else ""))
     load_start = os.getloadavg()[0]
     started = time.time()
-    run.launch(env=env)
+    if state == "finished":  # reused as it is (--resume): its wall time is the trainer's own
+        started -= _run_seconds(run)
+    else:
+        run.launch(resume=state != "created", env=env)
     last = ""
     try:
         while True:
@@ -492,8 +496,38 @@ def follow_run(run, result: RowResult, env: dict[str, str], poll: float = 2.0, s
     return result
 
 
+def _run_seconds(run) -> float:
+    """Seconds from a finished run's start to its end, from its status."""
+    from datetime import datetime
+
+    status = run.raw_status()
+    try:
+        return (datetime.fromisoformat(status.finished_at) - datetime.fromisoformat(status.started_at)).total_seconds()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def reusable_run(store, config, members: list[str] | None = None):
+    """With ``--resume``: the newest run of exactly this config (and these ensemble members), unless it is live.
+
+    A finished one is taken as it is; a failed, stopped or interrupted one is resumed. So a benchmark
+    cut short (or a trainer that failed at its very end) goes on without retraining finished seeds.
+    """
+    from core.ensemble import member_ids
+
+    wanted = config.to_dict()
+    for run in store.list():  # newest first
+        try:
+            same = run.config().to_dict() == wanted and (members is None or member_ids(run) == members)
+        except Exception:  # noqa: BLE001 - an unreadable run is simply not this one
+            continue
+        if same and not run.status().active:
+            return run
+    return None
+
+
 def run_row(store, name: str, row: Row, config, env: dict[str, str], poll: float = 2.0, say: Say = print,
-            check_weights: bool = True, label: str = "") -> RowResult:
+            check_weights: bool = True, label: str = "", reuse: bool = False) -> RowResult:
     """Create one run of a row, train it in a ``python -m core.train`` subprocess, wait, and collect the result."""
     result = RowResult(name, row.summary, weights=weights_label(config), config=config.to_dict(),
                        seed=config.train.seed, label=label)
@@ -502,11 +536,12 @@ def run_row(store, name: str, row: Row, config, env: dict[str, str], poll: float
         result.error = problem
         say(f"[{name}] not run: {problem}")
         return result
-    return follow_run(store.create(config), result, env, poll, say)
+    existing = reusable_run(store, config) if reuse else None
+    return follow_run(existing or store.create(config), result, env, poll, say)
 
 
 def run_seeds(store, name: str, row: Row, config, kind: str, seeds: int, ensemble: bool, env: dict[str, str],
-              poll: float = 2.0, say: Say = print) -> RowOutcome:
+              poll: float = 2.0, say: Say = print, reuse: bool = False) -> RowOutcome:
     """A row with ``seeds`` training seeds (one validation split: ``data.split_seed`` = the base seed) and, when
     ``ensemble``, the run that combines them (``core.ensemble.create_ensemble``), launched like the others."""
     base = config.train.seed
@@ -525,15 +560,15 @@ def run_seeds(store, name: str, row: Row, config, kind: str, seeds: int, ensembl
             continue
         member = seed_config(config, seed, base, f"quality-{kind}-seed{seed}-{name}")
         outcome.runs.append(run_row(store, name, row, member, env, poll, say, check_weights=False,
-                                    label=f"seed {seed}"))
+                                    label=f"seed {seed}", reuse=reuse))
     if ensemble and not outcome.interrupted:
-        outcome.ensemble = run_ensemble(store, outcome, kind, env, poll, say)
+        outcome.ensemble = run_ensemble(store, outcome, kind, env, poll, say, reuse=reuse)
     outcome.wall_seconds = time.time() - started
     return outcome
 
 
 def run_ensemble(store, outcome: RowOutcome, kind: str, env: dict[str, str], poll: float = 2.0,
-                 say: Say = print) -> RowResult:
+                 say: Say = print, reuse: bool = False) -> RowResult:
     """The ensemble of a row's seed runs as one more run: created over the finished members, launched, awaited."""
     from core.ensemble import create_ensemble
     from core.runs import RunError
@@ -548,7 +583,14 @@ def run_ensemble(store, outcome: RowOutcome, kind: str, env: dict[str, str], pol
         return result
     members = [r.run_id for r in outcome.runs]
     try:
-        run = create_ensemble(store, members, name=f"quality-{kind}-ensemble{len(members)}-{outcome.name}")
+        name = f"quality-{kind}-ensemble{len(members)}-{outcome.name}"
+        existing = None
+        if reuse:
+            from core.config import RunConfig
+
+            wanted = RunConfig.from_dict({**store.get(members[0]).config().to_dict(), "name": name})
+            existing = reusable_run(store, wanted, members)
+        run = existing or create_ensemble(store, members, name=name)
     except RunError as exc:
         result.error = str(exc)
         say(f"[{outcome.name}, {label}] not run: {exc}")
@@ -1150,6 +1192,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=None,
                    help="one more run per row: the ensemble of its seed runs (default: on with 2 or more seeds)")
     p.add_argument("--store", help="run store folder (default models/ or $CXR_STUDIO_RUNS)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse runs of exactly the same config in the store: finished ones as they are, failed, stopped "
+                        "or interrupted ones resumed; only what is missing is trained")
     p.add_argument("--out", help="the markdown report: a file with this data set's section markers gets its section "
                                  "replaced, any other file is written whole (default: the data set's section of "
                                  f"{REPORT_FILE.as_posix()}; for smoke runs <store>/quality-<data>-<time>.md)")
@@ -1284,7 +1329,8 @@ def main(argv: list[str] | None = None) -> int:
             outcomes.append(RowOutcome(name, row.summary, error=f"invalid settings: {exc}"))
             say(f"[{name}] not run: {exc}")
             continue
-        outcomes.append(run_seeds(store, name, row, config, kind, args.seeds, ensemble, env, say=say))
+        outcomes.append(run_seeds(store, name, row, config, kind, args.seeds, ensemble, env, say=say,
+                                  reuse=args.resume))
     wall = time.time() - started
 
     data_root = None if kind == "demo" else Path(data_path).absolute()

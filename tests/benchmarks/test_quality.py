@@ -402,6 +402,17 @@ def test_two_seeds_and_their_ensemble_end_to_end_with_portable_results(tmp_path,
             assert target["met"] == (max(values) - min(values) <= target["bound"] + 1e-9)
     assert all(t["met"] == (ensemble.metrics()[t["key"]] >= t["bound"] - 1e-9) for t in entry["ensemble_targets"])
 
+    # --resume: every run of the same config is reused as it is; nothing is created or trained again.
+    finished_at = {run.id: run.raw_status().finished_at for run in runs}
+    code = quality.main(["--seeds", "2", "--max-images-per-class", "20", "--max-test-images-per-class", "10",
+                         "--head-epochs", "1", "--finetune-epochs", "1", "--data", "demo",
+                         "--image-size", "32", "--demo-images-per-class", "24", "--batch-size", "16",
+                         "--store", str(store.root), "--results", str(results), "--out", str(out), "--resume"])
+    assert code == 0 and {run.id: run.raw_status().finished_at for run in store.list()} == finished_at
+    rerun = json.loads((results / "demo" / "summary.json").read_text())["rows"][0]
+    assert [r["run_id"] for r in rerun["runs"]] == [run.id for run in seeds]
+    assert rerun["ensemble"]["run_id"] == ensemble.id
+
     text = out.read_text()
     assert "2 seeds per row and their ensemble" in text and "| target | each seed (42, 43) | mean ± sd | met? |" in text
     assert "not the official 624" in text and all(f"`{run.id}`" in text for run in runs)
