@@ -45,3 +45,16 @@ def test_runs_and_evaluate_show_the_ensemble(ensemble_store, monkeypatch):
     assert "ensemble of 2 runs" in shown and all(member in shown for member in member_ids(run))
     at = open_page("evaluate", run_id=run.id)
     assert "ensemble of 2" in texts(at)
+
+
+def test_demo_shows_the_ensembles_cases_with_its_averaged_heatmap(ensemble_store, monkeypatch):
+    from pathlib import Path
+
+    store, run = ensemble_store
+    monkeypatch.setenv("CXR_STUDIO_RUNS", str(store.root))
+    predictions = run.metrics()["predictions"]
+    at = open_page("demo", run_id=run.id, demo_order="File name")
+    assert f"Case 1 of {len(predictions)}" in texts(at) and not at.exception
+    first = min(predictions, key=lambda p: Path(p["file"]).name)
+    assert metric(at, "Probability of pneumonia") == f"{100 * first['probability']:.1f} %"
+    assert len(at.image) == 2 and "Grad-CAM" in at.image[1].proto.imgs[0].caption
