@@ -7,13 +7,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
 from core.threshold import THRESHOLD_METHODS, choose_threshold  # re-exported: the rule is part of evaluation
+
+if TYPE_CHECKING:
+    from core.splits import Splits
 
 __all__ = [
     "THRESHOLD_METHODS",
@@ -309,9 +312,11 @@ class TestImages:
     changes: Any  # core.splits.FolderChanges | None
 
 
-def load_test_images(run: Any, config: Any) -> TestImages:
+def load_test_images(run: Any, config: Any, splits: Splits | None = None) -> TestImages:
     """The run's saved test images through the one image path (``core.pipeline.load_arrays``).
 
+    ``splits`` (a ``core.splits.Splits``) gives the test images explicitly; by default they are
+    :func:`core.splits.evaluation_splits`: the run's saved test split, or its ``test-films.json``.
     Images missing or changed since training (by sha256) and unreadable ones are skipped and listed.
 
     Raises:
@@ -320,9 +325,10 @@ def load_test_images(run: Any, config: Any) -> TestImages:
     from core.pipeline import load_arrays
     from core.runs import RunError
     from core.sample import portable_path
-    from core.splits import folder_changes, run_splits
+    from core.splits import evaluation_splits, folder_changes
 
-    splits = run_splits(config, run.path, create=False)  # the saved test list, never the folder as it is now
+    if splits is None:
+        splits = evaluation_splits(config, run.path)  # a saved test list, never the folder as it is now
     records = list(splits.test)
     if not records:
         raise RunError(f"the data source of run {run.path.name} has no test images")
@@ -339,13 +345,19 @@ def load_test_images(run: Any, config: Any) -> TestImages:
     return TestImages(records, loaded.images, loaded.labels, skipped, splits, changes)
 
 
-def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) -> dict[str, Any]:
+def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None, *, splits: Splits | None = None,
+                 save_as: str = "metrics.json") -> dict[str, Any]:
     """Evaluate a finished run on its test split and save the result as the run's ``metrics.json``.
 
     The test split is touched only here. Metrics are reported at the run's threshold (chosen on
     validation at training time, ``threshold.json``) and, for comparison with write-ups that use
     it, at 0.5; with patient-level bootstrap intervals, per-image predictions and the
     sensitivity per pneumonia subtype. ``run`` is a ``core.runs.Run`` or a run id in ``store``.
+
+    ``splits`` (a ``core.splits.Splits``) names the test images explicitly (default: the run's
+    :func:`core.splits.evaluation_splits`); ``save_as`` is the file written in the run folder (a
+    starter keeps its full official-test evaluation beside ``metrics.json``). The result's
+    ``splits.from`` names the manifest the test images came from.
     """
     from core.model import load_model
     from core.pipeline import make_dataset
@@ -365,7 +377,7 @@ def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) 
     report(0.0, "loading the model")
     model = load_model(run.model_path)
     report(0.05, "loading the test images")
-    test = load_test_images(run, config)
+    test = load_test_images(run, config, splits)
     records, images, labels, skipped, splits, changes = (test.records, test.images, test.labels, test.skipped,
                                                         test.splits, test.changes)
     dataset = make_dataset(images, labels, config.train.batch_size, training=False)
@@ -381,7 +393,7 @@ def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) 
         "run_id": run.path.name,
         "split": "test",
         "source": splits.source,
-        "splits": {"from": "splits.json" if splits.hashes else "re-derived from the folder", "note": splits.note,
+        "splits": {"from": splits.manifest or "re-derived from the folder", "note": splits.note,
                    "changes": changes.to_dict() if changes is not None else None},
         "threshold_info": threshold_info,
         "at_0.5": {key: at_half[key] for key in _HEADLINE},
@@ -399,8 +411,8 @@ def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None) 
         "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seconds": round(time.time() - started, 2),
     })
-    run.write_json("metrics.json", result)
-    report(1.0, "saved metrics.json")
+    run.write_json(save_as, result)
+    report(1.0, f"saved {save_as}")
     return result
 
 

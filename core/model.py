@@ -19,6 +19,7 @@ __all__ = [
     "layer_table",
     "count_params",
     "load_model",
+    "save_float16",
     "cam_layer_name",
 ]
 
@@ -177,8 +178,8 @@ def load_model(path: str | Path) -> keras.Model:
 
     A model trained under mixed precision is saved with that dtype policy; tf-keras-vis 0.8.7's
     Grad-CAM++ and Score-CAM fail on mixed_bfloat16 models, so such a model is rebuilt in float32
-    with the same weights (bf16/fp16 values are exact in float32). The custom layers are
-    registered on import.
+    with the same weights (bf16/fp16 values are exact in float32). A file written by
+    :func:`save_float16` is read the same way. The custom layers are registered on import.
     """
     model = keras.models.load_model(path, compile=False)
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
@@ -189,3 +190,20 @@ def load_model(path: str | Path) -> keras.Model:
     float32 = model.__class__.from_config(config)
     float32.set_weights(model.get_weights())
     return float32
+
+
+def save_float16(model: keras.Model, path: str | Path) -> None:
+    """Save a classifier with float16 variables: half the file, for a model shipped with the repository.
+
+    Every layer's dtype policy becomes ``float16`` (variables stored as float16, no optimizer
+    state); :func:`load_model` rebuilds it in float32 with exactly those values, so every consumer
+    computes in float32 as before. The rounding to float16 changes the outputs slightly: measure
+    the saved file, not the model it came from.
+    """
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer":
+            layer["config"]["dtype"] = "float16"
+    half = model.__class__.from_config(config)
+    half.set_weights([np.asarray(w, dtype=np.float16) for w in model.get_weights()])
+    half.save(path)

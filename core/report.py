@@ -119,7 +119,7 @@ def _splits_table(run: Any) -> tuple[str, str, str | None]:
     return _esc(splits.source), table, note
 
 
-def _metrics_section(metrics: dict[str, Any] | None) -> list[str]:
+def _metrics_section(metrics: dict[str, Any] | None, where: str = "the run's test split") -> list[str]:
     from core.threshold import describe_threshold_rule
 
     if not metrics:
@@ -127,7 +127,7 @@ def _metrics_section(metrics: dict[str, Any] | None) -> list[str]:
     ci = metrics.get("ci") or {}
     info = metrics.get("threshold_info") or {}
     rule = describe_threshold_rule(info["method"], info.get("target_sensitivity") or 0.95) if info.get("method") else "?"
-    out = [f"On the run's test split: {metrics.get('n')} images, {metrics.get('n_positive')} with pneumonia, "
+    out = [f"On {where}: {metrics.get('n')} images, {metrics.get('n_positive')} with pneumonia, "
            f"{metrics.get('n_patients', '?')} patients. Decision threshold **{metrics['threshold']:.3f}** on "
            f"P(pneumonia), fixed before the test split was read: {rule}, chosen on {info.get('chosen_on', 'validation')}. "
            f"{_esc(metrics.get('ci_method', ''))}.", ""]
@@ -167,6 +167,39 @@ def _metrics_section(metrics: dict[str, Any] | None) -> list[str]:
     else:
         out += ["No calibration data.", ""]
     return out
+
+
+def _metrics_sections(run: Any, metrics: dict[str, Any] | None) -> list[str]:
+    """One metrics section; two for a starter whose metrics.json is on the bundled sample's films (test-films.json)."""
+    from core.splits import TEST_FILMS_NAME
+
+    official = run.official_test_metrics()
+    if not (metrics and (metrics.get("splits") or {}).get("from") == TEST_FILMS_NAME):
+        return ["## Metrics", "", *_metrics_section(metrics)]
+    out = []
+    if official:
+        out += [f"## Metrics on the official test split ({_esc(run.starter.get('official_test_metrics'))})", "",
+                *_metrics_section(official, "the full test split of splits.json, the data the model was tested on")]
+    out += [f"## Metrics on the bundled test films (metrics.json, {TEST_FILMS_NAME})", "",
+            f"What Evaluate, Explain and Demo show, offline on any clone. {_esc(metrics.get('source', ''))}.", "",
+            *_metrics_section(metrics, f"the {metrics.get('n')} films of {TEST_FILMS_NAME}")]
+    return out
+
+
+def _starter_lines(run: Any) -> list[str]:
+    """How a starter shipped with the repository was made (its starter.json), as model-detail bullets."""
+    starter = run.starter
+    if starter is None:
+        return []
+    trained = starter.get("trained") or {}
+    wall = trained.get("wall_seconds")
+    lines = [f"- **Starter model** shipped with the repository: run `{_esc(starter.get('source_run', '?'))}`, trained "
+             f"{_esc(trained.get('started_at', '?'))} – {_esc(trained.get('finished_at', '?'))}"
+             + (f" ({wall / 60:.0f} min)" if isinstance(wall, (int, float)) else "")
+             + (f" on {_esc(trained['machine'])}" if trained.get("machine") else "") + "."]
+    if starter.get("weights"):
+        lines.append(f"- **Weights on disk:** {_esc(starter['weights'])}")
+    return lines
 
 
 def _prevalence_brier(metrics: dict[str, Any]) -> float | None:
@@ -252,6 +285,7 @@ def model_card(run: Any) -> str:
         *_recipe(config, run),
         f"- **Device:** {_esc((status.device or {}).get('strategy', 'unknown'))}, precision "
         f"{_esc((status.device or {}).get('precision', 'unknown'))}",
+        *_starter_lines(run),
         "",
         "## Data and splits",
         "",
@@ -263,9 +297,7 @@ def model_card(run: Any) -> str:
         "read once, after training." if config.data.validation == "patient_split" else
         "Validation is the data set's own val split.",
         "",
-        "## Metrics",
-        "",
-        *_metrics_section(metrics),
+        *_metrics_sections(run, metrics),
         "## Shortcut audit",
         "",
         *_audit_section(read_audit(run)),

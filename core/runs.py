@@ -192,6 +192,14 @@ class Run:
             return None
         return self.read_json(STARTER_MARKER) or {}  # an unreadable marker still protects the run
 
+    def official_test_metrics(self) -> dict[str, Any] | None:
+        """A starter's evaluation on the full test split of its ``splits.json`` (the file its ``starter.json`` names
+        under ``official_test_metrics``), kept beside a ``metrics.json`` that is on the bundled sample's films; else None."""
+        name = (self.starter or {}).get("official_test_metrics")
+        if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+\.json", name):
+            return None
+        return self.read_json(name)
+
     def threshold(self) -> float:
         info = self.read_json("threshold.json")
         return float(info["threshold"]) if info and "threshold" in info else 0.5

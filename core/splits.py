@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MANIFEST_NAME",
+    "TEST_FILMS_NAME",
     "Splits",
     "FolderChanges",
     "patient_split",
@@ -38,10 +39,15 @@ __all__ = [
     "read_manifest",
     "saved_splits",
     "run_splits",
+    "test_manifest",
+    "evaluation_splits",
     "folder_changes",
 ]
 
 MANIFEST_NAME = "splits.json"
+# Optional, beside splits.json: other test films a run is evaluated on and its pages browse (same format). A starter
+# trained on data that does not ship (models/starter-*) names the bundled sample's test films here.
+TEST_FILMS_NAME = "test-films.json"
 MANIFEST_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
 NO_MANIFEST_NOTE = ("this run was made before runs saved their splits (no splits.json): its splits were "
@@ -99,6 +105,7 @@ class Splits:
     unused: list[ImageRecord] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)
     note: str | None = None
+    manifest: str = ""  # the file these splits were read from ("splits.json", "test-films.json"); "" if derived
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and class."""
@@ -277,7 +284,7 @@ def read_manifest(path: str | Path) -> Splits:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"the split manifest {path} cannot be read ({type(exc).__name__}: {exc})") from None
     return Splits(by_split["train"], by_split["val"], by_split["test"], str(raw.get("source", root)), None,
-                  root, layout, by_split["unused"], hashes)
+                  root, layout, by_split["unused"], hashes, manifest=Path(path).name)
 
 
 def saved_splits(run_path: str | Path) -> Splits | None:
@@ -306,6 +313,27 @@ def run_splits(config: RunConfig, run_path: str | Path, *, create: bool = True,
         return splits
     write_manifest(splits, Path(run_path) / MANIFEST_NAME)
     return read_manifest(Path(run_path) / MANIFEST_NAME)
+
+
+def test_manifest(run_path: str | Path) -> Path:
+    """The manifest whose test split a run is evaluated on and its pages browse: its ``test-films.json`` when it
+    has one, else its ``splits.json`` (which may not exist for a run made before runs saved their splits)."""
+    films = Path(run_path) / TEST_FILMS_NAME
+    return films if films.is_file() else Path(run_path) / MANIFEST_NAME
+
+
+def evaluation_splits(config: RunConfig, run_path: str | Path) -> Splits:
+    """The splits whose test images a run is evaluated on (``metrics.json``, the audit, Explain and Demo).
+
+    A run's own test split (:func:`run_splits`, never re-saved), unless the run holds a ``test-films.json``:
+    then its test films, read explicitly (``Splits.manifest`` says which file). ``splits.json`` keeps
+    describing what the model was trained, validated and tested on either way.
+
+    Raises:
+        DatasetError: a manifest is unreadable, or a run without one has data that cannot be found.
+    """
+    films = Path(run_path) / TEST_FILMS_NAME
+    return read_manifest(films) if films.is_file() else run_splits(config, run_path, create=False)
 
 
 # --------------------------------------------------------------------------- what changed since
