@@ -85,10 +85,11 @@ def thumbnail(path: str, size: int = 160) -> np.ndarray | None:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _saved_test_split(run_path: str, modified: float) -> list[tuple[str, int]]:
-    from core.splits import MANIFEST_NAME, read_manifest
+def _saved_test_split(manifest: str, modified: float) -> tuple[str, list[tuple[str, int]]]:
+    from core.splits import read_manifest
 
-    return [(r.path, r.label) for r in read_manifest(Path(run_path) / MANIFEST_NAME).test]
+    splits = read_manifest(manifest)
+    return splits.root, [(r.path, r.label) for r in splits.test]
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -121,16 +122,31 @@ def runs_with_saved_splits(runs: list[Run], root: str) -> list[Run]:
 
 
 def run_test_images(run: Run) -> list[tuple[str, int]]:
-    """The run's test images as ``(source, label)``: from its saved splits.json, else (older runs) metrics.json."""
+    """The run's test images as ``(source, label)``: from the manifest it is evaluated on (``core.splits.test_manifest``:
+    a starter's test-films.json, else splits.json), else (older runs) metrics.json."""
     from core.datasets import DatasetError
-    from core.splits import MANIFEST_NAME
+    from core.splits import test_manifest
 
-    manifest = run.path / MANIFEST_NAME
+    manifest = test_manifest(run.path)
     try:
-        return _saved_test_split(str(run.path), manifest.stat().st_mtime)
+        return _saved_test_split(str(manifest), manifest.stat().st_mtime)[1]
     except (OSError, DatasetError):  # no manifest (an older run) or an unreadable one
         pass
     return [(p["file"], p["label"]) for p in run_predictions(run)]
+
+
+def films_from_sample(run: Run) -> bool:
+    """Whether the run's test films are the bundled sample's (a run trained on it, or a starter's test-films.json)."""
+    from core.datasets import DatasetError
+    from core.sample import sample_root
+    from core.splits import test_manifest
+
+    manifest = test_manifest(run.path)
+    try:
+        root = _saved_test_split(str(manifest), manifest.stat().st_mtime)[0]
+    except (OSError, DatasetError):
+        return run.config().data.source == "sample"
+    return Path(root).resolve() == sample_root().resolve()
 
 
 def run_predictions(run: Run) -> list[dict[str, Any]]:

@@ -55,14 +55,17 @@ def data_label(config: RunConfig) -> str:
     return f"{config.data.source} {config.data.path or ''}".strip()
 
 
-def data_citation(config: RunConfig) -> None:
-    """The data set's citation under films of the bundled sample or the Kaggle set (CC BY 4.0 asks for it)."""
-    if config.data.source in ("sample", "kaggle"):
+def data_citation(config: RunConfig, sample_films: bool = False) -> None:
+    """The data set's citation under films of the bundled sample or the Kaggle set (CC BY 4.0 asks for it).
+
+    ``sample_films``: the films shown are the bundled sample's whatever the run trained on (a starter's test films).
+    """
+    if sample_films or config.data.source in ("sample", "kaggle"):
         from core.sample import SAMPLE_LICENCE
 
         st.caption(f"Films: Kermany, Zhang, Goldbaum (2018), Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 "
                    f"(Cell 2018, doi:10.1016/j.cell.2018.02.010); {SAMPLE_LICENCE}"
-                   + (", downsized for the bundled sample." if config.data.source == "sample" else "."))
+                   + (", downsized for the bundled sample." if sample_films or config.data.source == "sample" else "."))
 
 
 def model_card_downloads(run: Run, key: str) -> None:

@@ -205,9 +205,10 @@ with verdict:
     from core.report import CaseReport, case_png
 
     whole = for_screen(gray)
+    sample_films = resources.films_from_sample(run)  # a starter shows the bundled sample's films
     citation = ("Kermany, Zhang, Goldbaum (2018), Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0"
-                + (", downsized" if config.data.source == "sample" else "")
-                if source == "Test cases" and config.data.source in ("sample", "kaggle") else None)
+                + (", downsized" if sample_films else "")
+                if source == "Test cases" and (sample_films or config.data.source in ("sample", "kaggle")) else None)
     report = CaseReport(whole, overlay(whole, for_screen(cam) / 255.0, 0.45), probability,
                         threshold, f"{charts.run_title(run)} ({run.id})",
                         name if source == "Test cases" else "uploaded film", CLASS_NAMES[truth] if truth is not None else None,
@@ -216,4 +217,4 @@ with verdict:
                        mime="image/png", icon=":material/download:", width="stretch", key="demo_export",
                        help="Film, heatmap, probability, threshold, run and the not-for-diagnosis notice in one image.")
 if source == "Test cases":
-    state.data_citation(config)
+    state.data_citation(config, resources.films_from_sample(run))

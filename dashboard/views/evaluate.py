@@ -10,6 +10,7 @@ import streamlit as st
 from core.datasets import CLASS_NAMES
 from core.ensemble import member_ids
 from core.evaluate import compute_metrics
+from core.splits import TEST_FILMS_NAME
 from dashboard import charts, resources, state
 
 st.title("Evaluate")
@@ -40,12 +41,26 @@ probabilities = np.array([p["probability"] for p in predictions], dtype=float)
 run_threshold = float(metrics.get("threshold", run.threshold()))
 info = metrics.get("threshold_info") or {}
 
-st.caption(f"Run **{charts.run_title(run)}** · test split: {len(labels)} images, {int(labels.sum())} pneumonia, "
-           f"{metrics.get('n_patients', '?')} patients · data: {state.data_label(config)}"
+saved = metrics.get("splits") or {}
+own_films = saved.get("from") == TEST_FILMS_NAME  # a starter: metrics.json is on other films than splits.json's test
+st.caption(f"Run **{charts.run_title(run)}** · {'test films' if own_films else 'test split'}: {len(labels)} images, "
+           f"{int(labels.sum())} pneumonia, {metrics.get('n_patients', '?')} patients · data: {state.data_label(config)}"
            + (f" {state.SYNTHETIC_BADGE}" if state.is_synthetic(config) else "")
            + (f" · :material/stacks: ensemble of {len(member_ids(run))} runs" if member_ids(run) else ""))
 state.model_card_downloads(run, key=f"evaluate-{run.id}")
-saved = metrics.get("splits") or {}
+if own_films:
+    official = run.official_test_metrics()
+    st.info(f"Every figure, curve and film below is on the **{len(labels)} test films of {TEST_FILMS_NAME}**, so that "
+            f"this page works offline on any clone: {metrics.get('source', '')}. "
+            + (f"On the full official test split it was tested on ({official['n']} images, {official['n_patients']} "
+               f"patients; {run.starter.get('official_test_metrics')}): ROC AUC **{charts.num(official['roc_auc'])}** "
+               f"(95 % CI {charts.num(official['ci']['roc_auc'][0])}–{charts.num(official['ci']['roc_auc'][1])}), "
+               f"sensitivity **{charts.pct(official['sensitivity'])}** ({charts.pct(official['ci']['sensitivity'][0], 0)}"
+               f"–{charts.pct(official['ci']['sensitivity'][1], 0)}), specificity **{charts.pct(official['specificity'])}** "
+               f"({charts.pct(official['ci']['specificity'][0], 0)}–{charts.pct(official['ci']['specificity'][1], 0)}), "
+               f"accuracy {charts.pct(official['accuracy'])} at threshold {official['threshold']:.3f}; the model card "
+               "has all of it." if official else ""),
+            icon=":material/verified:")
 changes, skipped = saved.get("changes") or {}, metrics.get("skipped") or []
 if saved.get("note"):
     st.info(f"Test split: {saved['note']}.", icon=":material/history:")
@@ -203,7 +218,7 @@ else:
                 if st.button("Explain", key=f"explain-{i}", icon=":material/search_insights:", width="stretch"):
                     st.session_state["explain_file"] = p["file"]
                     st.switch_page(state.PAGES["explain"])
-    state.data_citation(config)
+    state.data_citation(config, own_films and resources.films_from_sample(run))
 
 # ---------------------------------------------------------------------------------- shortcut audit
 st.subheader("Shortcut audit")

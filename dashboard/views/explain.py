@@ -104,7 +104,7 @@ left.image(picture, caption=f"X-ray ({name})", width="stretch")
 middle.image(colorize(result["cam"], colormap), caption=f"{CAM_METHODS[method]} heatmap · layer {layer}", width="stretch")
 right.image(blend, caption=f"Overlay (opacity {opacity:.2f})", width="stretch")
 if truth is not None:
-    state.data_citation(config)
+    state.data_citation(config, resources.films_from_sample(run))
 right.download_button("Download overlay (PNG)", resources.png_bytes(blend), file_name=f"{Path(name).stem}-{method}-overlay.png",
                       mime="image/png", icon=":material/download:", width="stretch")
 

@@ -46,6 +46,7 @@ def summary(run: Run) -> dict:
         "epochs": f"{status.epoch}/{status.epochs_total or config.train.head.epochs + config.train.finetune.epochs}",
         "best val AUC": status.best_val_auc,
         "test AUC": metrics.get("roc_auc"),
+        "test images": metrics.get("n"),
         "sensitivity": metrics.get("sensitivity"),
         "specificity": metrics.get("specificity"),
         "data": "synthetic demo" if state.is_synthetic(config) else config.data.source,

@@ -10,7 +10,7 @@ from test_pages import metric, open_page, texts
 from core.config import preset
 from core.evaluate import compute_metrics
 from core.runs import STARTER_MARKER, RunStore
-from core.sample import portable_path, sample_root
+from core.sample import local_path, portable_path, sample_root
 from core.splits import run_splits
 
 
@@ -161,3 +161,46 @@ def test_a_damaged_or_incomplete_starter_is_reported(starter_store, tmp_path, mo
     assert any("starter-incomplete" in w.value and "incomplete" in w.value for w in at.sidebar.warning)
     at = open_page("explain", run_id="starter-damaged")
     assert any("cannot be loaded" in e.value for e in at.error)
+
+
+# ---------------------------------------------------------------------------------- the starter shipped in models/
+@pytest.fixture
+def shipped_env(tmp_path, monkeypatch, cache_dir):
+    """A run store holding only a copy of the shipped EfficientNet-Lite0 starter, as on a fresh clone."""
+    from core.sample import REPO_ROOT
+
+    store = RunStore(tmp_path / "models")
+    shutil.copytree(REPO_ROOT / "models" / "starter-efficientnet-lite0", store.root / "starter-efficientnet-lite0")
+    monkeypatch.setenv("CXR_STUDIO_RUNS", str(store.root))
+    run = store.get("starter-efficientnet-lite0")
+    return run, {local_path(p["file"]): p["probability"] for p in run.metrics()["predictions"]}
+
+
+def test_explain_and_demo_open_on_the_shipped_starter_with_its_stored_probabilities(shipped_env):
+    from dashboard import charts
+
+    run, stored = shipped_env
+    at = open_page("explain")
+    assert not at.exception and len(at.image) == 3 and "Kermany" in texts(at)
+    picked = at.session_state["explain_pick"]
+    assert picked in stored and metric(at, "P(pneumonia)") == f"{stored[picked]:.1%}"
+    at = open_page("demo")
+    assert not at.exception and "Case 1 of 80" in texts(at) and "Kermany" in texts(at)
+    name = next(line for line in texts(at).splitlines() if "Case 1 of 80" in line).split(" · ")[1]
+    film = next(file for file in stored if file.endswith(f"/{name}"))
+    assert metric(at, "Probability of pneumonia") == charts.pct(stored[film])
+
+
+def test_evaluate_and_the_model_card_say_which_test_set_each_figure_is_on(shipped_env):
+    from core.report import model_card
+
+    run, _ = shipped_env
+    official = run.official_test_metrics()
+    at = open_page("evaluate")
+    assert not at.exception and "test films: 80 images" in texts(at)
+    box = next(i.value for i in at.info if "test-films.json" in i.value)
+    assert "624 images" in box and f"{official['roc_auc']:.3f}" in box
+    card = model_card(run)
+    assert "## Metrics on the official test split (metrics-official-test.json)" in card
+    assert "## Metrics on the bundled test films (metrics.json, test-films.json)" in card
+    assert f"{official['roc_auc']:.3f}" in card and run.starter["source_run"] in card
