@@ -351,7 +351,8 @@ class RunStore:
         if not self.root.is_dir():
             return []
         runs = [Run(p) for p in self.root.iterdir() if p.is_dir() and (p / "config.json").exists()]
-        return sorted(runs, key=lambda run: run.id, reverse=True)
+        # Newest first by creation time, so a shipped starter run (its id is not a date) never hides a new run.
+        return sorted(runs, key=lambda run: (run.raw_status().created_at or "", run.id), reverse=True)
 
     def resumable(self) -> list[Run]:
         """Runs that ended without finishing (interrupted, stopped, failed), newest first."""

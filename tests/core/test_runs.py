@@ -176,3 +176,16 @@ def _wait_until(condition, timeout: float = 60) -> None:
     while not condition():
         assert time.time() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_list_is_newest_first_by_creation_time_whatever_the_folder_name(tmp_path):
+    """A shipped run whose id is not a date (models/starter-*) does not sort ahead of a run made after it."""
+    from core.runs import Run
+
+    store = RunStore(tmp_path)
+    older = store.create(preset("Quick CPU demo"))
+    starter = tmp_path / "starter-model"
+    older.path.rename(starter)
+    Run(starter).update_status(created_at="2026-01-01T00:00:00+00:00")
+    newer = store.create(preset("Quick CPU demo"))
+    assert [run.id for run in store.list()] == [newer.id, "starter-model"]
