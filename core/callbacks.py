@@ -26,8 +26,8 @@ import tensorflow as tf
 from core.runs import Run, StatusWriter, StopRequested, atomic_write_text
 
 __all__ = ["MONITOR_MODES", "ExactValAUC", "ClassifierCheckpoint", "ResumedEarlyStopping", "AtomicBackupAndRestore",
-           "RunProgress", "PhaseCheckpoints", "phase_callbacks", "committed_epoch", "replay_monitor", "crash_point",
-           "CRASH_ENV"]
+           "RunProgress", "PhaseCheckpoints", "AgreedStop", "phase_callbacks", "committed_epoch", "replay_monitor",
+           "crash_point", "CRASH_ENV"]
 
 log = logging.getLogger("cxr_studio.train")
 # Which way is better for each quantity checkpoints and early stopping may follow (config.MONITORS).
@@ -252,6 +252,28 @@ class RunProgress(keras.callbacks.Callback):
         if best:
             fields["best_val_auc"] = logs.get("val_exact_auc", logs.get("val_auc"))
         self.writer.update(**fields)
+
+
+class AgreedStop:
+    """A stop check that every worker of a multi-worker cluster answers alike, at the same step.
+
+    Under ``MultiWorkerMirroredStrategy`` a worker that left ``fit`` alone would leave the others
+    waiting in the next all-reduce. Called once per batch (by :class:`RunProgress`), it asks
+    ``local`` (this worker's own signal: the stop-request file) every ``every`` calls and ORs the
+    answers of all workers by one all-reduce; between those calls it says no.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, local: Callable[[], bool], every: int):
+        self.strategy, self.local, self.every = strategy, local, max(1, every)
+        self.calls = 0
+
+    def __call__(self) -> bool:
+        from core.cluster import agreed_flag
+
+        self.calls += 1
+        if self.calls % self.every:
+            return False
+        return agreed_flag(self.strategy, self.local())
 
 
 def phase_callbacks(run: Run, writer: StatusWriter, *, classifier: keras.Model, phase: str, start: int,

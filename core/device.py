@@ -1,4 +1,8 @@
-"""Device choice: CPU / one GPU / MirroredStrategy / MultiWorkerMirroredStrategy, mixed precision and XLA."""
+"""Device choice: CPU / one GPU / MirroredStrategy / MultiWorkerMirroredStrategy, mixed precision and XLA.
+
+What multi-worker training needs beyond the strategy (``TF_CONFIG``, joining the cluster, agreeing
+between workers) is in :mod:`core.cluster`.
+"""
 from __future__ import annotations
 
 import json
@@ -28,11 +32,12 @@ class DevicePlan:
     """What training will run on, and why; shown in the UI and written to the run's status."""
 
     strategy: str  # "cpu" | "gpu" | "mirrored" | "multiworker"
-    replicas: int
+    replicas: int  # over the whole cluster (workers × devices per worker) once a multi-worker cluster is joined
     gpus: int
     precision: str  # keras dtype policy
     jit_compile: bool
     reason: str
+    workers: int = 1  # processes training together (MultiWorkerMirroredStrategy), this one included
 
     def to_dict(self) -> dict:
         return asdict(self)
