@@ -521,7 +521,7 @@ def reusable_run(store, config, members: list[str] | None = None):
             same = run.config().to_dict() == wanted and (members is None or member_ids(run) == members)
         except Exception:  # noqa: BLE001 - an unreadable run is simply not this one
             continue
-        if same and not run.status().active:
+        if same and run.starter is None and not run.status().active:  # a shipped starter is a copy, not a row's run
             return run
     return None
 
