@@ -30,4 +30,7 @@ clean:
 benchmarks: $(STAMP)
 	for b in input_pipeline flops explain_latency memory train_speed; do \
 	  $(PY) -m benchmarks.$$b --quick || exit 1; done
-	$(PY) -m benchmarks.quality --medmnist
+	# A one-seed PneumoniaMNIST smoke of the quality benchmark, written beside the run store (the committed
+	# results come from the full commands in benchmarks/RESULTS-quality.md).
+	$(PY) -m benchmarks.quality --medmnist --rows small-cnn-scratch --seeds 1 --results models/quality-results \
+	  --out models/quality-medmnist.md
