@@ -48,6 +48,9 @@ def server(tmp_path_factory, cache_dir):
         shutil.rmtree(runs, ignore_errors=True)
         cache = Path.home() / ".cache" / "cxr-studio"
         os.environ["CXR_STUDIO_CACHE"] = str(cache)
+    starter = REPO / "models" / "starter-efficientnet-lite0"
+    if starter.is_dir():  # the shipped starter run is in the store, as on a fresh clone
+        shutil.copytree(starter, runs / starter.name, dirs_exist_ok=True)
     port = _free_port()
     log = open(tmp_path_factory.mktemp("logs") / "streamlit.log", "w")
     env = {**os.environ, "CXR_STUDIO_RUNS": str(runs), "CXR_STUDIO_CACHE": str(cache), "PYTHONPATH": str(REPO)}
@@ -188,8 +191,24 @@ def test_real_sample_to_trained_model_to_audit_and_demo(server):
         page.get_by_text("Presentation mode").click()
         expect(page.locator("section[data-testid='stSidebar']")).to_be_hidden()
         _shoot(page, "demo-presentation")
+        page.get_by_text("Presentation mode").click()
+        expect(page.locator("section[data-testid='stSidebar']")).to_be_visible(timeout=60_000)
+
+        # The shipped starter model: pick it in the sidebar, then Explain and Demo on its bundled films.
+        if (runs / "starter-efficientnet-lite0").is_dir():
+            sidebar = page.locator("section[data-testid='stSidebar']")
+            sidebar.locator("[data-testid='stSelectbox']").last.click()  # the run picker
+            page.get_by_role("option", name="starter-efficientnet-lite0").click()
+            expect(page.get_by_text("Case 1 of 80")).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("Grad-CAM: warm colours")).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("Computing the heatmap")).to_have_count(0, timeout=90_000)
+            _shoot(page, "demo-starter")
+            _go(page, "Explain")
+            expect(page.get_by_text("Overlay (opacity").first).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("Run starter-efficientnet-lite0 · efficientnet_lite0").first).to_be_visible()
+            _shoot(page, "explain-starter")
         browser.close()
 
-    finished = [p for p in runs.iterdir() if (p / "metrics.json").exists()]
+    finished = [p for p in runs.iterdir() if (p / "metrics.json").exists() and not p.name.startswith("starter-")]
     assert len(finished) == 1
     assert (finished[0] / "audit.json").is_file()
