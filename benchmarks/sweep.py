@@ -19,6 +19,11 @@ nothing; without augmentation each freeze boundary computes its frozen outputs o
 Early stopping is off, so a member trains the same epochs in the sweep and alone. Validation AUCs
 are printed beside each other as a check that sharing changes no result (CPU kernels are not
 bit-exact, so expect agreement to about the third decimal, not identity).
+
+Then, as a user of the Sweep page would: the best member on validation (``--choose-by``, the page's
+rule) becomes the final run (``core.sweep.create_final_run``), which is trained and evaluated once
+on the official test split; its metrics.json, config.json and threshold.json are copied under
+``benchmarks/results/sweep/final/``. No member is ever evaluated on test.
 """
 from __future__ import annotations
 
@@ -54,6 +59,9 @@ def _parser():
     p.add_argument("--finetune-epochs", type=int, help="default 3 (--quick 1)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--skip-alone", action="store_true", help="time the sweep only")
+    p.add_argument("--skip-final", action="store_true", help="no final run (no test evaluation)")
+    p.add_argument("--choose-by", choices=("val_auc", "val_loss"), default="val_auc",
+                   help="how the final run's setting is chosen on validation (the Sweep page's default: val_auc)")
     p.add_argument("--keep", action="store_true", help="keep the temporary stores and caches (printed)")
     return p
 
@@ -127,6 +135,37 @@ def _alone(config, workdir: Path, index: int) -> tuple[float, float | None, int]
     return seconds, validation_figures(run, n_boot=0).get("val_auc"), code
 
 
+def _final_run(sweep, store, by: str, dest: Path | None) -> dict[str, Any]:
+    """Train the best member's settings as the final run and evaluate it once on test, as the Sweep page's action does."""
+    from benchmarks.quality import copy_run_files, path_roots
+    from core.sweep import create_final_run, sweep_results
+
+    results = sweep_results(sweep, n_boot=1000)
+    run = create_final_run(sweep, store, by=by)
+    member = sweep.spec["final"]["member"]
+    chosen = next(r for r in results if r.run_id == member)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the sweep's cache folder: the final run shares like a member
+    started = time.perf_counter()
+    with open(run.log_path, "a") as log:
+        code = subprocess.run([sys.executable, "-m", "core.train", "--run-dir", str(run.path)], cwd=REPO, env=env,
+                              stdout=log, stderr=subprocess.STDOUT).returncode
+    seconds = time.perf_counter() - started
+    m = run.read_json("metrics.json") or {}
+    ci = m.get("ci") or {}
+    out: dict[str, Any] = {
+        "chosen_by": by, "settings": chosen.settings, "member_val_auc": chosen.val_auc,
+        "member_val_auc_ci": list(chosen.val_auc_ci), "member_val_loss": chosen.val_loss,
+        "exit_code": code, "seconds": seconds, "split": m.get("split"), "n": m.get("n"),
+        "threshold": m.get("threshold"), "threshold_rule": (m.get("threshold_info") or {}).get("method"),
+        **{key: m.get(key) for key in ("accuracy", "sensitivity", "specificity", "roc_auc")},
+        "ci": {key: ci.get(key) for key in ("accuracy", "sensitivity", "specificity", "roc_auc")},
+    }
+    if dest is not None and m:
+        shutil.rmtree(dest, ignore_errors=True)
+        out["files"] = copy_run_files(run.path, dest, path_roots((store.root, "<store>")))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _defaults(args)
@@ -150,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     code = run_sweep(sweep)
     sweep_seconds = time.perf_counter() - started
     results = {r.run_id: r for r in sweep_results(sweep, n_boot=0)}
+    final = None
+    if not args.skip_final and code == 0:
+        dest = None if args.quick else RESULTS / "sweep" / "final"
+        final = _final_run(sweep, RunStore(workdir / "store-sweep"), args.choose_by, dest)
+        print(f"final run: {describe(final['settings'])}, test AUC {final['roc_auc']}", file=sys.stderr)
 
     rows, members = [], []
     for index, (run, settings) in enumerate(sweep.members(), start=1):
@@ -173,12 +217,18 @@ def main(argv: list[str] | None = None) -> int:
         "member_slots": member_slots(),  # [None]: one after another; GPU ids: one member per GPU
         "sweep_exit_code": code, "sweep_seconds": sweep_seconds, "members_alone_seconds": alone_total,
         "speed_up": alone_total / sweep_seconds if alone_total else None, "members": members,
+        "final": final,
     }
     text = table(rows, ["#", "settings", "state", "s in sweep", "s alone", "val AUC sweep", "val AUC alone", "shared"])
     text += f"\n\nsweep wall time {sweep_seconds:.0f} s"
     if alone_total:
         text += (f"  vs  members alone (cold caches) {alone_total:.0f} s  →  {alone_total / sweep_seconds:.2f}× "
                  f"({alone_total - sweep_seconds:.0f} s saved)")
+    if final:
+        text += (f"\n\nchosen on validation ({final['chosen_by']}): {describe(final['settings'])}, val AUC "
+                 f"{final['member_val_auc']:.4f}; final run on the official test split ({final['n']} films) at threshold "
+                 f"{final['threshold']}: sensitivity {final['sensitivity']:.3f}, specificity {final['specificity']:.3f}, "
+                 f"AUC {final['roc_auc']:.4f}, accuracy {final['accuracy']:.3f} ({final['seconds']:.0f} s to train + evaluate)")
     finish(result, args.out, text)
     if args.keep:
         print(f"stores and caches kept in {workdir}")
