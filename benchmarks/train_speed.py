@@ -1,4 +1,4 @@
-"""Training speed: the Keras transfer-learning tutorial pipeline vs our trainer, same recipe, same images, one run.
+"""Training speed: the keras.io transfer-learning guide's pipeline vs our trainer, same recipe, same images, same precision.
 
 The reference recipe: VGG16, base frozen and a new head trained, then blocks 4-5 unfrozen and
 fine-tuned at a low learning rate, batch 32, binary cross-entropy on logits, balanced class
@@ -6,18 +6,22 @@ weights. Both pipelines see the same N real training images split the same way (
 patient-grouped split, applied to both), and are tested on the same slice of the official test
 split, scored with ``sklearn.metrics.roc_auc_score``.
 
-- **tutorial**: the pipeline as a user writes it from the Keras guide "Transfer learning &
-  fine-tuning": ``keras.utils.image_dataset_from_directory`` (every JPEG decoded and resized every
-  epoch), augmentation layers inside the model, ``prefetch(AUTOTUNE)``, ``fit`` with
-  ``base.trainable = False``, then unfreeze, recompile at the low rate, ``fit`` again. float32.
+- **tutorial**: the pipeline as the Keras guide "Transfer learning & fine-tuning" writes it:
+  ``keras.utils.image_dataset_from_directory``, then ``.prefetch(AUTOTUNE).cache()`` as the guide
+  does (decoded once, in the first epoch), augmentation layers inside the model, ``fit`` with
+  ``base.trainable = False``, then unfreeze, recompile at the low rate, ``fit`` again. Run twice:
+  in float32 (Keras's default) and in the precision policy ours uses (``mixed_bfloat16`` here, set
+  as the Keras mixed-precision guide says, with a float32 output layer).
 - **ours**: ``core.train.train_run`` on a run created in a ``RunStore`` in a temporary folder: the
   product path (decode once, frozen layers computed once where no augmentation runs, batch
-  augmentation in tf.data, the precision ``plan_device`` picks for VGG16 on this machine).
+  augmentation in tf.data), in float32 and in the precision ``plan_device`` picks for VGG16 here.
 
-Each pipeline runs in its own subprocess (clean dtype policy, threads and memory), one after the
-other in the same invocation, so the ratio is measured side by side. ImageNet weights are not
-available offline, so VGG16 has random weights in both (``weights=None``): compute is the same,
-AUCs are low-ish.
+So the table separates "ours vs the tutorial at the same precision" from "what bf16 adds". Each
+pipeline runs in its own subprocess (clean dtype policy, threads and memory); ``--repeats`` rounds
+run every pipeline once per augmentation setting, in a rotated order (interleaved), and the
+summary gives the median and range over the rounds. ``--profile`` adds one profiled tutorial step
+(data vs compute, cold vs cached). ImageNet weights are not available offline, so VGG16 has random
+weights in both (``weights=None``): compute is the same, AUCs are low-ish.
 
 Run ``python -m benchmarks.train_speed --quick`` (under 5 minutes on 2 CPU cores).
 """
@@ -49,14 +53,15 @@ def tutorial_worker(spec: dict) -> dict:
 
     t = {}
     start = time.perf_counter()
+    keras.mixed_precision.set_global_policy(spec["precision"])  # "float32" is Keras's default
     keras.utils.set_random_seed(spec["seed"])
     size, batch, root = spec["image_size"], spec["batch_size"], Path(spec["root"])
     common = dict(labels="inferred", label_mode="binary", class_names=list(CLASSES), color_mode="rgb",
                   batch_size=batch, image_size=(size, size))
     train_ds = keras.utils.image_dataset_from_directory(root / "train", shuffle=True, seed=spec["seed"], **common)
     val_ds = keras.utils.image_dataset_from_directory(root / "val", shuffle=False, **common)
-    train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
-    val_ds = val_ds.prefetch(tf.data.AUTOTUNE)
+    train_ds = train_ds.prefetch(tf.data.AUTOTUNE).cache()  # as the guide writes it
+    val_ds = val_ds.prefetch(tf.data.AUTOTUNE).cache()
 
     base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3))
     base.trainable = False
@@ -75,7 +80,7 @@ def tutorial_worker(spec: dict) -> dict:
     x = base(x, training=False)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(spec["dropout"])(x)
-    outputs = layers.Dense(1)(x)
+    outputs = layers.Dense(1, dtype="float32")(x)  # the mixed-precision guide's float32 output; a no-op in float32
     model = keras.Model(inputs, outputs)
 
     def compile_at(lr):
@@ -109,7 +114,64 @@ def tutorial_worker(spec: dict) -> dict:
     t["evaluate"] = time.perf_counter() - t0
     y, z = np.concatenate(labels), np.concatenate(logits)
     return {"seconds": t, "test_auc": float(roc_auc_score(y, z)), "n_test": int(len(y)),
-            "loadavg_mid": load_mid, "loadavg_end": loadavg(), "peak_rss_gib": peak_rss_gib(), "precision": "float32"}
+            "loadavg_mid": load_mid, "loadavg_end": loadavg(), "peak_rss_gib": peak_rss_gib(),
+            "precision": spec["precision"]}
+
+
+def profile_worker(spec: dict) -> dict:
+    """One tutorial step taken apart: where its time goes at this image size and precision."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    keras.mixed_precision.set_global_policy(spec["precision"])
+    keras.utils.set_random_seed(spec["seed"])
+    size, batch, root = spec["image_size"], spec["batch_size"], Path(spec["root"])
+    ds = keras.utils.image_dataset_from_directory(root / "train", labels="inferred", label_mode="binary",
+                                                  class_names=list(CLASSES), batch_size=batch,
+                                                  image_size=(size, size), shuffle=False)
+    out: dict = {"precision": spec["precision"], "batch_size": batch, "image_size": size}
+    t0 = time.perf_counter()
+    batches = [b for b in ds]  # every JPEG read, decoded and resized: what an epoch without .cache() pays
+    images = sum(int(x.shape[0]) for x, _ in batches)
+    out["decode_resize_s_per_image"] = (time.perf_counter() - t0) / images
+    cached = ds.cache()
+    for _ in cached:
+        pass
+    t0 = time.perf_counter()
+    for _ in cached:
+        pass
+    out["cached_epoch_s_per_image"] = (time.perf_counter() - t0) / images
+
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3))
+    inputs = keras.Input((size, size, 3))
+    x = keras.applications.vgg16.preprocess_input(inputs)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, dtype="float32")(x))
+    x_batch, y_batch = batches[0]
+
+    def per_image(fn, repeats: int = 5) -> float:
+        fn()  # trace and warm up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times)) / int(x_batch.shape[0])
+
+    for phase, trainable in (("head", False), ("finetune", True)):
+        base.trainable = trainable
+        if trainable:
+            for layer in base.layers:
+                layer.trainable = layer.name.startswith(("block4_", "block5_"))
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        out[f"{phase}_train_step_s_per_image"] = per_image(lambda: model.train_on_batch(x_batch, y_batch))
+    base.trainable = False
+    forward = tf.function(lambda x: model(x, training=False))
+    out["forward_s_per_image"] = per_image(lambda: forward(x_batch).numpy())
+    out["loadavg_end"] = loadavg()
+    return out
 
 
 # ------------------------------------------------------------------------------------------ ours
@@ -202,35 +264,93 @@ def _run_worker(kind: str, spec: dict) -> dict:
     return json.loads(Path(out).read_text())
 
 
+PIPELINES = ("tutorial-float32", "tutorial-same", "ours-float32", "ours-same")
+
+
+def _pipeline(name: str, precision: str) -> tuple[str, str]:
+    """``("tutorial" | "ours", dtype policy)`` of a pipeline name; "same" is ours' precision."""
+    kind, which = name.split("-")
+    return kind, precision if which == "same" else "float32"
+
+
+def _median_range(values: list[float]) -> dict[str, float]:
+    import statistics
+
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _summarise(rounds: list[dict], variants: list[str], pipelines: list[str], n_tr: int, epochs: tuple[int, int]) -> dict:
+    """Median and range over the rounds of every stage's seconds, images/s and the ratios that matter."""
+    out: dict = {}
+    for variant in variants:
+        runs = [r[variant] for r in rounds if variant in r]
+        per = {}
+        for name in pipelines:
+            got = [r[name] for r in runs if name in r]
+            if not got:
+                continue
+            per[name] = {key: _median_range([g["seconds"][key] for g in got])
+                         for key in ("prepare", "head", "finetune", "train_total")}
+            per[name]["images_per_sec_end_to_end"] = _median_range(
+                [n_tr * sum(epochs) / g["seconds"]["train_total"] for g in got])
+            per[name]["test_auc"] = _median_range([g["test_auc"] for g in got])
+            per[name]["precision"] = got[0]["precision"]
+        ratios = {}
+        pairs = {"ours vs tutorial, both float32": ("tutorial-float32", "ours-float32"),
+                 "ours vs tutorial, both in ours' precision": ("tutorial-same", "ours-same"),
+                 "what bf16 adds to the tutorial": ("tutorial-float32", "tutorial-same"),
+                 "what bf16 adds to ours": ("ours-float32", "ours-same"),
+                 "ours as shipped vs the tutorial as written (float32)": ("tutorial-float32", "ours-same")}
+        for label, (slow, fast) in pairs.items():
+            both = [r for r in runs if slow in r and fast in r]
+            if both:
+                ratios[label] = {key: _median_range([r[slow]["seconds"][key] / r[fast]["seconds"][key] for r in both])
+                                 for key in ("head", "finetune", "train_total")}
+        out[variant] = {"pipelines": per, "ratios": ratios}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
         kind, spec_path, out = sys.argv[2:5]
         spec = json.loads(Path(spec_path).read_text())
-        result = (tutorial_worker if kind == "tutorial" else ours_worker)(spec)
-        Path(out).write_text(json.dumps(result, default=str))
+        worker = {"tutorial": tutorial_worker, "ours": ours_worker, "profile": profile_worker}[kind]
+        Path(out).write_text(json.dumps(worker(spec), default=str))
         return 0
 
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--train-images", type=int, help="N real training images before the val split (balanced; default 400, quick 96)")
+    p.add_argument("--train-images", type=int, help="N real training images before the val split (balanced; default 200, quick 64)")
     p.add_argument("--test-images", type=int, help="images from the official test split (balanced; default 100, quick 40)")
     p.add_argument("--image-size", type=int, help="default 224, quick 96")
-    p.add_argument("--head-epochs", type=int, help="default 10, quick 4")
-    p.add_argument("--finetune-epochs", type=int, help="default 10, quick 4")
+    p.add_argument("--head-epochs", type=int, help="default 5, quick 2")
+    p.add_argument("--finetune-epochs", type=int, help="default 5, quick 2")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--finetune-lr", type=float, default=1e-5)
     p.add_argument("--unfreeze-from-block", type=int, default=4)
     p.add_argument("--variants", default="none,both", help=f"comma list of {', '.join(VARIANTS)}")
-    p.add_argument("--precision", default="auto", help="ours: auto (plan_device's choice for VGG16 here), float32, mixed_bfloat16")
-    p.add_argument("--also-float32", action="store_true", help="also run ours in float32 (splits the gain: caching vs bf16)")
+    p.add_argument("--pipelines", default=",".join(PIPELINES),
+                   help="comma list of tutorial-float32, tutorial-same, ours-float32, ours-same ('same' = ours' precision)")
+    p.add_argument("--precision", default="auto", help="ours' precision: auto (plan_device's choice for VGG16 here), float32, mixed_bfloat16")
+    p.add_argument("--repeats", type=int, help="interleaved rounds (default 3, quick 1)")
+    p.add_argument("--profile", action="store_true", help="also take one tutorial step apart (float32 and ours' precision)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
 
-    n_train = args.train_images or (96 if args.quick else 400)
+    n_train = args.train_images or (64 if args.quick else 200)
     n_test = args.test_images or (40 if args.quick else 100)
     size = args.image_size or (96 if args.quick else 224)
-    head_epochs = args.head_epochs if args.head_epochs is not None else (4 if args.quick else 10)
-    finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (4 if args.quick else 10)
+    head_epochs = args.head_epochs if args.head_epochs is not None else (2 if args.quick else 5)
+    finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (2 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else 3)
+    pipelines = [name.strip() for name in args.pipelines.split(",") if name.strip()]
+    for name in pipelines:
+        if name not in PIPELINES:
+            raise SystemExit(f"--pipelines: unknown {name!r}; choose from {', '.join(PIPELINES)}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise SystemExit(f"--variants: unknown {variant!r}; choose from {', '.join(VARIANTS)}")
 
     info = machine()
     from core.device import plan_device
@@ -243,14 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         precision_reason = "set with --precision"
     print(f"machine: {info['cpu']}, {info['cores']} cores, flags {info['cpu_flags']}, GPUs: {info['gpus'] or 'none'}; "
           f"load {info['loadavg_start']}")
-    print(f"ours precision: {precision} ({precision_reason})")
+    print(f"ours' precision: {precision} ({precision_reason})")
 
     result = {"machine": info, "settings": {"train_images": n_train, "test_images": n_test, "image_size": size,
                                             "batch_size": args.batch_size, "head_epochs": head_epochs,
                                             "finetune_epochs": finetune_epochs, "unfreeze_from_block": args.unfreeze_from_block,
                                             "head_lr": args.head_lr, "finetune_lr": args.finetune_lr, "seed": args.seed,
-                                            "ours_precision": precision, "precision_reason": precision_reason},
-              "runs": {}}
+                                            "ours_precision": precision, "precision_reason": precision_reason,
+                                            "repeats": repeats, "pipelines": pipelines, "variants": variants},
+              "rounds": []}
     with tempfile.TemporaryDirectory(prefix="cxr-train-speed-") as tmp:
         root = Path(tmp)
         link_subset(args.data, root / "ours", "train", n_train // 2, seed=args.seed)
@@ -258,59 +379,67 @@ def main(argv: list[str] | None = None) -> int:
         n_tr, n_val, weights = _split_like_ours(root, {"image_size": size, "val_fraction": 0.15, "seed": args.seed})
         result["settings"].update(train_after_split=n_tr, val=n_val, class_weight=weights)
         print(f"data: {n_train} training images from {args.data}/train → {n_tr} train + {n_val} val (patient-grouped), "
-              f"{sum(map(len, test_files.values()))} test images; {size} px, epochs {head_epochs}+{finetune_epochs}")
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        for position, variant in enumerate(variants):
-            if variant not in VARIANTS:
-                raise SystemExit(f"--variants: unknown {variant!r}; choose from {', '.join(VARIANTS)}")
-            spec = {"variant": variant, "augment": variant == "both", "image_size": size, "batch_size": args.batch_size,
-                    "head_epochs": head_epochs, "finetune_epochs": finetune_epochs, "head_lr": args.head_lr,
-                    "finetune_lr": args.finetune_lr, "unfreeze_from_block": args.unfreeze_from_block, "dropout": 0.3,
-                    "seed": args.seed, "val_fraction": 0.15, "class_weight": weights, "precision": precision,
-                    "n_train": n_tr, "n_val": n_val}
-            runs = {}
-            # A B, B A, …: a drift in the machine's load between runs favours neither pipeline on average.
-            order = ("tutorial", "ours") if position % 2 == 0 else ("ours", "tutorial")
-            for kind in order:
-                print(f"[{variant}] {kind} ({'float32' if kind == 'tutorial' else precision})… (load {loadavg()})", flush=True)
-                extra = {"root": str(root / "tutorial")} if kind == "tutorial" else {"root": str(root / "ours"),
-                                                                                       "store": str(root / "runs")}
-                runs[kind] = _run_worker(kind, {**spec, **extra})
-            runs = {"tutorial": runs["tutorial"], "ours": runs["ours"]}
-            if args.also_float32 and precision != "float32":
-                print(f"[{variant}] ours (float32)… (load {loadavg()})", flush=True)
-                runs["ours_float32"] = _run_worker("ours", {**spec, "precision": "float32", "root": str(root / "ours"),
-                                                            "store": str(root / "runs")})
-            for run in runs.values():
-                s = run["seconds"]
-                run["images_per_sec"] = {
-                    "head": n_tr * head_epochs / s["head"] if s["head"] else None,
-                    "finetune": n_tr * finetune_epochs / s["finetune"] if s["finetune"] else None,
-                    "end_to_end": n_tr * (head_epochs + finetune_epochs) / s["train_total"],
-                }
-            tut = runs["tutorial"]["seconds"]
-            for name, run in runs.items():
-                run["speedup_vs_tutorial"] = {k: tut[k] / run["seconds"][k] for k in ("head", "finetune", "train_total")}
-                run["auc_minus_tutorial"] = run["test_auc"] - runs["tutorial"]["test_auc"]
-            result["runs"][variant] = runs
+              f"{sum(map(len, test_files.values()))} test images; {size} px, epochs {head_epochs}+{finetune_epochs}, "
+              f"{repeats} interleaved rounds")
+        step = 0
+        for round_index in range(repeats):
+            this_round: dict = {}
+            for variant in variants:
+                spec = {"variant": variant, "augment": variant == "both", "image_size": size, "batch_size": args.batch_size,
+                        "head_epochs": head_epochs, "finetune_epochs": finetune_epochs, "head_lr": args.head_lr,
+                        "finetune_lr": args.finetune_lr, "unfreeze_from_block": args.unfreeze_from_block, "dropout": 0.3,
+                        "seed": args.seed, "val_fraction": 0.15, "class_weight": weights, "n_train": n_tr, "n_val": n_val}
+                # rotated order: each pipeline takes each position once every len(pipelines) turns, so a drift in
+                # the machine's load favours none of them
+                order = pipelines[step % len(pipelines):] + pipelines[:step % len(pipelines)]
+                step += 1
+                runs = {}
+                for name in order:
+                    kind, dtype = _pipeline(name, precision)
+                    print(f"[round {round_index + 1}/{repeats} · aug {variant}] {name} ({dtype})… (load {loadavg()})",
+                          flush=True)
+                    extra = ({"root": str(root / "tutorial")} if kind == "tutorial"
+                             else {"root": str(root / "ours"), "store": str(root / "runs")})
+                    runs[name] = _run_worker(kind, {**spec, **extra, "precision": dtype})
+                    runs[name]["order"] = order.index(name)
+                this_round[variant] = runs
+            result["rounds"].append(this_round)
+        if args.profile:
+            result["profile"] = {}
+            for dtype in dict.fromkeys(("float32", precision)):
+                print(f"profiling one tutorial step ({dtype})…", flush=True)
+                result["profile"][dtype] = _run_worker("profile", {"root": str(root / "tutorial"), "image_size": size,
+                                                                   "batch_size": args.batch_size, "seed": args.seed,
+                                                                   "precision": dtype})
+    result["summary"] = _summarise(result["rounds"], variants, pipelines, n_tr, (head_epochs, finetune_epochs))
 
     rows = []
-    for variant, runs in result["runs"].items():
-        for name, run in runs.items():
-            s, r = run["seconds"], run["speedup_vs_tutorial"]
-            rows.append([variant, name, run["precision"], s["prepare"], s["head"], s["finetune"], s["train_total"],
-                         run["images_per_sec"]["end_to_end"], f"{r['head']:.2f}×", f"{r['finetune']:.2f}×",
-                         f"{r['train_total']:.2f}×", f"{run['test_auc']:.3f}", f"{run['auc_minus_tutorial']:+.3f}",
-                         s["evaluate"], run["peak_rss_gib"]])
-    text = table(rows, ["aug", "pipeline", "precision", "prep s", "head s", "finetune s", "train s", "img/s e2e",
-                        "head ×", "finetune ×", "end-to-end ×", "test AUC", "ΔAUC", "eval s", "peak GiB"])
-    notes = []
-    for variant, runs in result["runs"].items():
-        for note in runs["ours"].get("phase_notes", []):
-            notes.append(f"  [{variant}] ours: {note}")
+    for variant, summary in result["summary"].items():
+        for name, fig in summary["pipelines"].items():
+            def mr(d, fmt="{:.0f}"):
+                return f"{fmt.format(d['median'])} [{fmt.format(d['min'])}–{fmt.format(d['max'])}]"
+            rows.append([variant, name, fig["precision"], mr(fig["head"]), mr(fig["finetune"]), mr(fig["train_total"]),
+                         mr(fig["images_per_sec_end_to_end"], "{:.1f}"), mr(fig["test_auc"], "{:.3f}")])
+    text = table(rows, ["aug", "pipeline", "precision", "head s", "finetune s", "train s", "img·epochs/s", "test AUC"])
+    ratio_rows = []
+    for variant, summary in result["summary"].items():
+        for label, r in summary["ratios"].items():
+            ratio_rows.append([variant, label] + [f"{r[k]['median']:.2f}× [{r[k]['min']:.2f}–{r[k]['max']:.2f}]"
+                                                  for k in ("head", "finetune", "train_total")])
+    text += "\n\n" + table(ratio_rows, ["aug", "comparison", "head", "fine-tune", "end to end"])
+    if result.get("profile"):
+        prof_rows = [[dtype, f["decode_resize_s_per_image"] * 1e3, f["cached_epoch_s_per_image"] * 1e3,
+                      f["forward_s_per_image"] * 1e3, f["head_train_step_s_per_image"] * 1e3,
+                      f["finetune_train_step_s_per_image"] * 1e3] for dtype, f in result["profile"].items()]
+        text += "\n\none tutorial step, ms per image:\n" + table(
+            prof_rows, ["precision", "decode+resize (epoch 1)", "from .cache()", "frozen forward",
+                        "head train step", "fine-tune train step"])
+    notes = sorted({f"  [{variant}] ours: {note}" for rnd in result["rounds"] for variant, runs in rnd.items()
+                    for name, run in runs.items() if name.startswith("ours") for note in run.get("phase_notes", [])})
     text += ("\n\nphase notes (what the trainer could cache, and why not):\n" + "\n".join(notes)) if notes else ""
-    text += ("\n\n× = tutorial seconds / this pipeline's seconds, measured in this run; 'train s' = data + model + both "
-             "phases (test evaluation excluded, shown as 'eval s'); VGG16 weights=None in both (offline); no GPU.")
+    text += (f"\n\nmedian [min–max] over {repeats} interleaved rounds; × = slower pipeline's seconds / faster one's, "
+             "per round; 'train s' = data + model + both phases (test evaluation excluded); VGG16 weights=None in all "
+             "(offline); no GPU.")
     finish(result, args.out, text)
     return 0
 
