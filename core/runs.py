@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,30 @@ __all__ = ["RunError", "StopRequested", "RunStatus", "Run", "RunStore", "StatusW
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FINAL_STATES = ("finished", "failed", "stopped", "interrupted")
 STARTER_MARKER = "starter.json"  # in a run folder shipped with the repository (models/starter-*): never deleted here
+TRAINER_NICE_ENV = "CXR_STUDIO_TRAINER_NICE"
+DEFAULT_TRAINER_NICE = 10  # a launched trainer yields the CPU to the dashboard that shows it (benchmarks/dashboard.py)
+
+
+def trainer_nice(env: Mapping[str, str]) -> int:
+    """The nice value a launched trainer runs at: ``CXR_STUDIO_TRAINER_NICE`` in ``env``, else the default."""
+    value = env.get(TRAINER_NICE_ENV, "")
+    try:
+        return min(max(int(value), 0), 19) if value.strip() else DEFAULT_TRAINER_NICE
+    except ValueError:
+        return DEFAULT_TRAINER_NICE
+
+
+def lower_own_priority(env: Mapping[str, str]) -> int:
+    """Set this process's nice value to what its launcher asked for (``CXR_STUDIO_TRAINER_NICE``), never higher
+    priority than it already has; idempotent, so a sweep member started by a lowered coordinator ends up the same.
+    Returns the nice value in effect (unchanged when nothing was asked)."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if TRAINER_NICE_ENV not in env:
+        return current
+    wanted = max(trainer_nice(env), current)
+    if wanted != current:
+        os.setpriority(os.PRIO_PROCESS, 0, wanted)
+    return wanted
 
 
 class RunError(RuntimeError):
@@ -89,6 +114,55 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # torn write at the end of the file, or a line cut by a crash
     return rows
+
+
+class HistoryTail:
+    """A history file read incrementally: each :meth:`rows` call parses only the complete lines appended since the last.
+
+    A viewer that polls a live run (the Train page, every refresh) keeps one per run instead of re-reading and
+    re-parsing the whole file each time. A file that was replaced (a resume truncates it by an atomic rewrite) or
+    shrank is read again from the start. Safe to share between threads.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._rows: list[dict[str, Any]] = []
+        self._offset = 0
+        self._identity: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            try:
+                info = os.stat(self.path)
+            except FileNotFoundError:
+                self._rows, self._offset, self._identity = [], 0, None
+                return []
+            identity = (info.st_dev, info.st_ino)
+            if identity != self._identity or info.st_size < self._offset:
+                self._rows, self._offset, self._identity = [], 0, identity
+            if info.st_size > self._offset:
+                with open(self.path, "rb") as handle:
+                    handle.seek(self._offset)
+                    data = handle.read(info.st_size - self._offset)
+                complete = data.rfind(b"\n") + 1  # a torn last line waits for its end
+                for line in data[:complete].decode(errors="replace").splitlines():
+                    if line.strip():
+                        try:
+                            self._rows.append(json.loads(line))
+                        except json.JSONDecodeError:
+                            continue  # a line cut by a crash, followed by later writes
+                self._offset += complete
+            return list(self._rows)
+
+
+def latest_epochs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch rows of a history, one per epoch number (the latest wins after a resume), in epoch order."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("type") == "epoch":
+            by_epoch[int(row["epoch"])] = row
+    return [by_epoch[key] for key in sorted(by_epoch)]
 
 
 class Run:
@@ -171,10 +245,7 @@ class Run:
 
     def epochs(self) -> list[dict[str, Any]]:
         """Per-epoch rows, one per epoch number (the latest wins after a resume)."""
-        by_epoch: dict[int, dict[str, Any]] = {}
-        for row in self.history("epoch"):
-            by_epoch[int(row["epoch"])] = row
-        return [by_epoch[key] for key in sorted(by_epoch)]
+        return latest_epochs(self.history("epoch"))
 
     def truncate_history(self, last_epoch: int) -> None:
         """Drop epoch rows after ``last_epoch`` (used on resume, before training goes on)."""
@@ -261,7 +332,8 @@ class Run:
         with open(self.log_path, "a") as log:
             proc = subprocess.Popen(
                 args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=own_session,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", TRAINER_NICE_ENV: str(trainer_nice({**os.environ, **(env or {})})),
+                     **(env or {})}, start_new_session=own_session,
             )
         self.write_json("launch.json", {"pid": proc.pid, "pgid": proc.pid if own_session else None, "host": HOST,
                                         "time": started, "started": process_start_time(proc.pid), "resume": resume})

@@ -41,7 +41,7 @@ import numpy as np
 
 from core.config import PRESETS, ConfigError, RunConfig, augment_strength, preset
 from core.run_status import HOST, judge_status, now_iso, process_alive, trainer_gone
-from core.runs import Run, RunError, RunStore, StatusWriter, atomic_write_text
+from core.runs import Run, RunError, RunStore, StatusWriter, atomic_write_text, lower_own_priority
 
 __all__ = [
     "SWEEP_FILE",
@@ -661,6 +661,7 @@ def _log_to(path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    lower_own_priority(os.environ)  # a coordinator launched from the dashboard: its members inherit the lower priority
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("cxr_studio").setLevel(logging.INFO)
     store = RunStore(args.store)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from core.config import PRESETS, AugmentConfig, ConfigError, RunConfig, preset
-from core.runs import Run, RunError, RunStore
+from core.runs import Run, RunError, RunStore, lower_own_priority
 
 __all__ = ["main", "parser", "config_from_args", "start_local_workers", "local_tf_configs", "WORKER_GRACE_SECONDS"]
 
@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.train import LOG_FORMAT, run_and_record
 
     args = parser().parse_args(argv)
+    lower_own_priority(os.environ)  # launched from the dashboard: yield the CPU to the page that shows this run
     try:
         task = ClusterTask.from_env()
     except ClusterError as exc:

@@ -12,7 +12,8 @@ from run_helpers import wait_for
 
 from core.config import preset
 from core.run_status import HOST, STALE_AFTER_SECONDS, StatusWriter, process_alive, process_start_time
-from core.runs import RunError, RunStore, read_jsonl
+from core.runs import (DEFAULT_TRAINER_NICE, REPO_ROOT, TRAINER_NICE_ENV, HistoryTail, RunError, RunStore, latest_epochs,
+                       read_jsonl, trainer_nice)
 
 
 def _tiny_config(epochs: int = 4, name: str = "tiny"):
@@ -189,3 +190,43 @@ def test_list_is_newest_first_by_creation_time_whatever_the_folder_name(tmp_path
     Run(starter).update_status(created_at="2026-01-01T00:00:00+00:00")
     newer = store.create(preset("Quick CPU demo"))
     assert [run.id for run in store.list()] == [newer.id, "starter-model"]
+
+
+def test_history_tail_reads_only_new_lines_waits_for_torn_ones_and_restarts_on_a_rewrite(tmp_path):
+    run = RunStore(tmp_path).create(_tiny_config())
+    tail = HistoryTail(run.history_path)
+    assert tail.rows() == []  # no history yet
+    run.append_history({"type": "epoch", "epoch": 1, "loss": 0.5})
+    assert [r["epoch"] for r in tail.rows()] == [1]
+    with open(run.history_path, "a") as handle:
+        handle.write('{"type": "epoch", "epoch": 2, "lo')  # the trainer is mid-write
+    assert [r["epoch"] for r in tail.rows()] == [1]
+    with open(run.history_path, "a") as handle:
+        handle.write('ss": 0.4}\n')  # … and finishes the line
+    assert [r.get("loss") for r in tail.rows()] == [0.5, 0.4]
+    offset = tail._offset
+    run.append_history({"type": "step", "epoch": 3, "step": 1})
+    assert len(tail.rows()) == 3 and tail._offset > offset  # parsed from where it left off
+    assert tail.rows() == read_jsonl(run.history_path)
+    run.truncate_history(1)  # a resume rewrites the file (new inode, shorter): read again from the start
+    assert [r["epoch"] for r in latest_epochs(tail.rows())] == [1]
+    assert tail.rows() == read_jsonl(run.history_path)
+
+
+def test_a_launched_trainer_runs_at_a_lower_priority_than_its_launcher(tmp_path, monkeypatch):
+    run = RunStore(tmp_path / "runs").create(_tiny_config())
+    report = "import os, sys; open(sys.argv[-1] + '/nice.txt', 'w').write(str(os.getpriority(os.PRIO_PROCESS, 0)))"
+    probe = ("import os, sys; from core.runs import lower_own_priority; lower_own_priority(os.environ); "
+             "lower_own_priority(os.environ); " + report.split("; ", 1)[1])
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    monkeypatch.delenv(TRAINER_NICE_ENV, raising=False)
+    run.spawn(command=[sys.executable, "-c", probe]).wait(30)
+    assert int((run.path / "nice.txt").read_text()) == max(own, DEFAULT_TRAINER_NICE)  # applied once, not twice
+    other = RunStore(tmp_path / "runs").create(_tiny_config())
+    other.spawn(env={TRAINER_NICE_ENV: "3"}, command=[sys.executable, "-c", probe]).wait(30)
+    assert int((other.path / "nice.txt").read_text()) == max(own, 3)
+    # a process started outside the launcher (a terminal's `python -m core.train`) keeps its priority
+    out = subprocess.run([sys.executable, "-c", probe.replace("sys.argv[-1] + '/nice.txt'", "'" + str(tmp_path / "x") + "'")],
+                         env={k: v for k, v in os.environ.items() if k != TRAINER_NICE_ENV}, cwd=REPO_ROOT, timeout=30)
+    assert out.returncode == 0 and int((tmp_path / "x").read_text()) == own
+    assert trainer_nice({TRAINER_NICE_ENV: "99"}) == 19 and trainer_nice({TRAINER_NICE_ENV: "soon"}) == DEFAULT_TRAINER_NICE
