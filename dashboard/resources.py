@@ -14,10 +14,30 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from core.runs import Run
+from core.runs import HistoryTail, Run
 
 # File types the uploaders accept (read by core.images.load_image, in memory only).
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "tif", "tiff", "webp"]
+
+
+# --------------------------------------------------------------------------------- live runs
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _history_tail(history_path: str) -> HistoryTail:
+    return HistoryTail(Path(history_path))
+
+
+def history_rows(run: Run) -> list[dict[str, Any]]:
+    """A run's history rows, read incrementally: one reader per run shared by every session, so a page that
+    polls a live run parses only the lines the trainer appended since the last refresh."""
+    return _history_tail(str(run.history_path)).rows()
+
+
+def thin(rows: list[dict[str, Any]], most: int = 400) -> list[dict[str, Any]]:
+    """At most ``most`` evenly spaced rows (the last always kept): a per-step curve needs no more points on screen."""
+    if len(rows) <= most:
+        return rows
+    stride = -(-len(rows) // most)
+    return rows[::-1][::stride][::-1]
 
 
 # --------------------------------------------------------------------------------- data

@@ -8,10 +8,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.backbones import BACKBONES
 from core.config import PRESETS, ConfigError, RunConfig, preset
 from core.ensemble import create_seed_ensemble, member_ids
-from core.runs import Run, RunError
+from core.runs import Run, RunError, latest_epochs
 from core.sweep import list_sweeps
 from core.threshold import THRESHOLD_LABELS
 from dashboard import charts, resources, state
@@ -126,11 +125,12 @@ def live_panel(run: Run) -> None:
                          "best val AUC": m.status().best_val_auc} for m in map(state.run_or_none, members) if m]
                 st.caption(f":material/stacks: An ensemble of {len(members)} runs, trained one after another:")
                 st.dataframe(rows, hide_index=True, width="stretch")
-            phases = [row for row in run.history("phase") if row.get("note")]
+            history = resources.history_rows(run)  # only the lines appended since the last refresh are parsed
+            phases = [row for row in history if row.get("type") == "phase" and row.get("note")]
             if phases:
                 st.caption(" · ".join(f"**{row['phase']}**: {row['note']}" for row in phases))
-            epochs = run.epochs()
-            steps = run.history("step") if status.active else None
+            epochs = latest_epochs(history)
+            steps = resources.thin([row for row in history if row.get("type") == "step"]) if status.active else None
             if epochs or steps:
                 charts.chart(charts.training_curves(epochs, steps), key=f"curves-{run.id}")
             elif status.active:
@@ -209,6 +209,7 @@ for column, name in zip(preset_columns, PRESETS):
 
 # ---------------------------------------------------------------------------------- settings
 st.subheader("Settings")
+from core.backbones import BACKBONES  # noqa: E402 - imports TensorFlow: only after the live run is on screen
 
 
 def _backbone_changed() -> None:

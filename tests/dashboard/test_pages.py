@@ -402,3 +402,22 @@ def test_demo_shows_the_notice_and_steps_through_the_test_cases(runs_env):
     at.button(key="demo_prev").click().run()
     at.button(key="demo_prev").click().run()
     assert "Case 20 of 20" in texts(at) and not at.exception
+
+
+def test_reruns_keep_the_keras_session_and_matplotlib_is_still_cleaned(empty_env, monkeypatch):
+    """Streamlit clears Keras's session after every run (a full gc.collect); the app keeps its cached models'
+    session instead. The original cleanup's other duty, closing matplotlib figures, still happens."""
+    import sys
+    import types
+
+    import keras
+    from streamlit.runtime.scriptrunner import script_runner
+
+    open_page("data")
+    cleared, closed = [], []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: cleared.append(1))
+    pyplot = types.SimpleNamespace(close=closed.append)  # matplotlib is not installed here: its stand-in
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
+    script_runner._clean_problem_modules()
+    assert cleared == [] and getattr(script_runner._clean_problem_modules, "keeps_keras", False)
+    assert closed == ["all"]
