@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn import metrics as skm
 
 __all__ = ["THRESHOLD_METHODS", "THRESHOLD_LABELS", "choose_threshold", "describe_threshold_rule"]
 
@@ -35,7 +34,9 @@ def _sigmoid(z: float) -> float:
 
 
 def _youden(y: np.ndarray, p: np.ndarray) -> float:
-    fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
+    from sklearn.metrics import roc_curve  # here, not at import: the Train page imports the labels only
+
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     index = int(np.argmax(tpr - fpr))  # first maximum = the highest such threshold
     return float(min(thresholds[index], 1.0))  # roc_curve's first threshold is +inf
 
@@ -49,7 +50,9 @@ def _youden_midpoint(y: np.ndarray, p: np.ndarray) -> float:
     The middle of the step (in logit space, where a nearly separable validation set puts its gap)
     keeps the same validation J with the widest margin on both sides.
     """
-    fpr, tpr, thresholds = skm.roc_curve(y, _logit(p), drop_intermediate=False)  # thresholds descending
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(y, _logit(p), drop_intermediate=False)  # thresholds descending
     j, thresholds = (tpr - fpr)[1:], thresholds[1:]  # drop roc_curve's +inf "call nothing" point
     best = np.flatnonzero(np.isclose(j, j.max(), atol=1e-12))
     runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
@@ -121,6 +124,8 @@ def choose_threshold(y_true: Sequence, prob: Sequence, method: str = "youden",
         return _youden_midpoint(y, p)
     if method == "robust_youden":
         return _robust_youden(y, p, groups, n_boot, seed)
-    fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     index = int(np.argmax(tpr >= target_sensitivity - 1e-12))  # tpr rises as thresholds fall
     return float(min(thresholds[index], 1.0))

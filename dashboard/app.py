@@ -78,5 +78,7 @@ with st.sidebar:
 state.sidebar_notice()
 if not _keep_the_keras_session():
     logging.getLogger(__name__).warning("Streamlit's per-rerun Keras cleanup could not be turned off")
-_warm_up_tensorflow()
-page.run()
+try:
+    page.run()
+finally:  # after the page has drawn (also when it stops early): the import would slow its first drawing down
+    _warm_up_tensorflow()
