@@ -28,7 +28,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 benchmarks: $(STAMP)
-	for b in input_pipeline flops explain_latency memory train_speed sweep dashboard; do \
+	for b in input_pipeline flops explain_latency memory train_speed sweep dashboard augmentation; do \
 	  $(PY) -m benchmarks.$$b --quick || exit 1; done
 	# A one-seed PneumoniaMNIST smoke of the quality benchmark, written beside the run store (the committed
 	# results come from the full commands in benchmarks/RESULTS-quality.md).
