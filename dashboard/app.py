@@ -33,8 +33,9 @@ def _keep_the_keras_session() -> bool:
 
     Streamlit does it (``script_runner._clean_problem_modules``) whenever Keras is imported. Our models
     live in ``st.cache_resource`` across reruns, so clearing only throws away TensorFlow's kernel cache
-    and runs a full ``gc.collect()``: measured with py-spy, that was the largest cost of a rerun (about
-    0.3 s each, several per second with a live run shown in a few tabs). Matplotlib's cleanup is kept.
+    and runs a full ``gc.collect()``. With five tabs on a live run, py-spy put that (with Streamlit's own
+    post-run ``gc.collect``, off in ``.streamlit/config.toml``) at three quarters of the server's CPU
+    (``benchmarks/dashboard.py``). Matplotlib's cleanup is kept.
     """
     try:
         from streamlit.runtime.scriptrunner import script_runner
