@@ -99,17 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    def figure(strength: str, seed: int, key: str) -> float | None:
-        return next((m[key] for m in members if m["settings"].get("augment") == strength
-                     and m["settings"].get("train.seed") == seed and m["state"] == "finished"), None)
-
+    finished = {(m["settings"].get("augment"), m["settings"].get("train.seed")): m
+                 for m in members if m["state"] == "finished" and m["val_auc"] is not None}
     rows, summary = [], {}
     for strength in strengths:
-        aucs = [a for s in seeds if (a := figure(strength, s, "val_auc")) is not None]
-        losses = [v for s in seeds if (v := figure(strength, s, "val_loss")) is not None]
-        paired = [(figure(strength, s, "val_loss") - figure("none", s, "val_loss"),
-                   figure(strength, s, "val_auc") - figure("none", s, "val_auc"))
-                  for s in seeds if None not in (figure(strength, s, "val_loss"), figure("none", s, "val_loss"))]
+        runs = [finished[(strength, s)] for s in seeds if (strength, s) in finished]
+        aucs, losses = [m["val_auc"] for m in runs], [m["val_loss"] for m in runs]
+        paired = [(finished[(strength, s)]["val_loss"] - finished[("none", s)]["val_loss"],
+                   finished[(strength, s)]["val_auc"] - finished[("none", s)]["val_auc"])
+                  for s in seeds if (strength, s) in finished and ("none", s) in finished]
         d_loss, d_auc = [d for d, _ in paired], [d for _, d in paired]
         entry = {"seeds": len(aucs), "val_auc": _mean_sd(aucs) if aucs else None,
                  "val_loss": _mean_sd(losses) if losses else None, "loss_minus_none": d_loss,

@@ -43,6 +43,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from benchmarks._common import REPO, base_parser, finish, loadavg, machine, table
 
 __all__ = ["main", "start_dashboard", "epoch_lags"]
@@ -92,16 +94,13 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (and its waited-for children) from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
+    """User + system CPU seconds of a process and its waited-for children."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _browser_cpu_seconds() -> float:
     """CPU seconds of every Chromium process on this machine (the five sessions' browser)."""
-    import psutil
-
     total = 0.0
     for proc in psutil.process_iter(["name", "cpu_times"]):
         if "chrom" in (proc.info["name"] or "") and proc.info["cpu_times"] is not None:
@@ -259,7 +258,7 @@ def load_scenario(args, nice: int, work: Path, root: Path = REPO) -> dict[str, A
         server_cpu = _cpu_seconds(server.pid) - server_cpu0
         try:
             trainer_cpu = _cpu_seconds(pid) - trainer_cpu0
-        except FileNotFoundError:
+        except psutil.NoSuchProcess:
             trainer_cpu = None  # ended inside the window
         ended = [row["time"] for row in run.epochs()]
         lags = [epoch_lags(s, ended) for s in got["samples"]]

@@ -118,6 +118,16 @@ def _shared(run) -> str:
     return ", ".join(notes) or "images (augmented)"
 
 
+def _train(run, env: dict[str, str] | None = None) -> tuple[float, int]:
+    """``python -m core.train --run-dir`` on ``run`` in a subprocess, logging to its log.txt; (wall seconds, exit code)."""
+    started = time.perf_counter()
+    with open(run.log_path, "a") as log:
+        code = subprocess.run([sys.executable, "-m", "core.train", "--run-dir", str(run.path)], cwd=REPO,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                              stdout=log, stderr=subprocess.STDOUT).returncode
+    return time.perf_counter() - started, code
+
+
 def _alone(config, workdir: Path, index: int) -> tuple[float, float | None, int]:
     """Train one member's config alone, cold caches; returns (wall seconds, validation AUC, exit code)."""
     from core.runs import RunStore
@@ -125,12 +135,7 @@ def _alone(config, workdir: Path, index: int) -> tuple[float, float | None, int]
 
     cache = workdir / f"cache-alone-{index}"
     run = RunStore(workdir / f"store-alone-{index}").create(config)
-    env = {**os.environ, "CXR_STUDIO_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    started = time.perf_counter()
-    with open(run.log_path, "a") as log:
-        code = subprocess.run([sys.executable, "-m", "core.train", "--run-dir", str(run.path)], cwd=REPO, env=env,
-                              stdout=log, stderr=subprocess.STDOUT).returncode
-    seconds = time.perf_counter() - started
+    seconds, code = _train(run, {"CXR_STUDIO_CACHE": str(cache)})
     shutil.rmtree(cache, ignore_errors=True)  # the next member starts cold too
     return seconds, validation_figures(run, n_boot=0).get("val_auc"), code
 
@@ -144,12 +149,7 @@ def _final_run(sweep, store, by: str, dest: Path | None) -> dict[str, Any]:
     run = create_final_run(sweep, store, by=by)
     member = sweep.spec["final"]["member"]
     chosen = next(r for r in results if r.run_id == member)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the sweep's cache folder: the final run shares like a member
-    started = time.perf_counter()
-    with open(run.log_path, "a") as log:
-        code = subprocess.run([sys.executable, "-m", "core.train", "--run-dir", str(run.path)], cwd=REPO, env=env,
-                              stdout=log, stderr=subprocess.STDOUT).returncode
-    seconds = time.perf_counter() - started
+    seconds, code = _train(run)  # in the sweep's cache folder: the final run shares like a member
     m = run.read_json("metrics.json") or {}
     ci = m.get("ci") or {}
     out: dict[str, Any] = {

@@ -100,12 +100,10 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All complete JSON lines of a file; a torn (partly written) last line is ignored."""
-    if not path.exists():
-        return []
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON rows of ``text``, one per line; blank lines and lines that do not parse (torn by a crash) are skipped."""
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
@@ -114,6 +112,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # torn write at the end of the file, or a line cut by a crash
     return rows
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """All complete JSON lines of a file; a torn (partly written) last line is ignored."""
+    if not path.exists():
+        return []
+    return _json_lines(path.read_text(errors="replace"))
 
 
 class HistoryTail:
@@ -146,12 +151,7 @@ class HistoryTail:
                     handle.seek(self._offset)
                     data = handle.read(info.st_size - self._offset)
                 complete = data.rfind(b"\n") + 1  # a torn last line waits for its end
-                for line in data[:complete].decode(errors="replace").splitlines():
-                    if line.strip():
-                        try:
-                            self._rows.append(json.loads(line))
-                        except json.JSONDecodeError:
-                            continue  # a line cut by a crash, followed by later writes
+                self._rows += _json_lines(data[:complete].decode(errors="replace"))
                 self._offset += complete
             return list(self._rows)
 
@@ -332,8 +332,8 @@ class Run:
         with open(self.log_path, "a") as log:
             proc = subprocess.Popen(
                 args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", TRAINER_NICE_ENV: str(trainer_nice({**os.environ, **(env or {})})),
-                     **(env or {})}, start_new_session=own_session,
+                env={TRAINER_NICE_ENV: str(DEFAULT_TRAINER_NICE), **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                start_new_session=own_session,
             )
         self.write_json("launch.json", {"pid": proc.pid, "pgid": proc.pid if own_session else None, "host": HOST,
                                         "time": started, "started": process_start_time(proc.pid), "resume": resume})

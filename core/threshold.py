@@ -33,10 +33,16 @@ def _sigmoid(z: float) -> float:
     return float(1 / (1 + np.exp(-z)))
 
 
-def _youden(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_curve  # here, not at import: the Train page imports the labels only
+def _roc(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's ROC curve with every threshold; imported here, not with the module (the Train page imports
+    only the labels, and scikit-learn would slow its first drawing)."""
+    from sklearn.metrics import roc_curve
 
-    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    return roc_curve(y, score, drop_intermediate=False)
+
+
+def _youden(y: np.ndarray, p: np.ndarray) -> float:
+    fpr, tpr, thresholds = _roc(y, p)
     index = int(np.argmax(tpr - fpr))  # first maximum = the highest such threshold
     return float(min(thresholds[index], 1.0))  # roc_curve's first threshold is +inf
 
@@ -50,9 +56,7 @@ def _youden_midpoint(y: np.ndarray, p: np.ndarray) -> float:
     The middle of the step (in logit space, where a nearly separable validation set puts its gap)
     keeps the same validation J with the widest margin on both sides.
     """
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(y, _logit(p), drop_intermediate=False)  # thresholds descending
+    fpr, tpr, thresholds = _roc(y, _logit(p))  # thresholds descending
     j, thresholds = (tpr - fpr)[1:], thresholds[1:]  # drop roc_curve's +inf "call nothing" point
     best = np.flatnonzero(np.isclose(j, j.max(), atol=1e-12))
     runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
@@ -124,8 +128,6 @@ def choose_threshold(y_true: Sequence, prob: Sequence, method: str = "youden",
         return _youden_midpoint(y, p)
     if method == "robust_youden":
         return _robust_youden(y, p, groups, n_boot, seed)
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    fpr, tpr, thresholds = _roc(y, p)
     index = int(np.argmax(tpr >= target_sensitivity - 1e-12))  # tpr rises as thresholds fall
     return float(min(thresholds[index], 1.0))
