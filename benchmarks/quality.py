@@ -132,6 +132,11 @@ KAGGLE_ROWS: dict[str, Row] = {
         "and the top) up to 10 epochs at 1e-4 with the default augmentation; early stopping on val_loss, patience 3",
         _efficientnet_lite0_recipe(image_size=224, unfreeze_from_block=7, head_epochs=12, finetune_epochs=10,
                                    patience=3)),
+    "efficientnet-lite0-imagenet-noaug": Row(
+        "as efficientnet-lite0-imagenet, but the fine-tune phase without augmentation too (the frozen stages' "
+        "features computed once); the recipe benchmarks.recipe_choice compares with it on validation",
+        {**_efficientnet_lite0_recipe(image_size=224, unfreeze_from_block=7, head_epochs=12, finetune_epochs=10,
+                                      patience=3), "train.finetune.augment": False}),
     "vgg16-imagenet": Row(
         "the reference recipe = the project default: VGG16/ImageNet, 224 px, head 10 epochs with augmentation "
         "at 1e-3, then fine-tune from block 3 for 10 epochs at 1e-5",
@@ -142,6 +147,11 @@ KAGGLE_ROWS: dict[str, Row] = {
         "epochs at 1e-4 with the default augmentation",
         {"model.backbone": "mobilenet", "model.alpha": 0.25, "model.weights": str(MOBILENET_025_FILE),
          **_SMALL_PRETRAINED_RECIPE}),
+    "mobilenet025-imagenet-noaug": Row(
+        "as mobilenet025-imagenet, but the fine-tune phase without augmentation too (the frozen stages' features "
+        "computed once); the recipe benchmarks.recipe_choice compares with it on validation",
+        {"model.backbone": "mobilenet", "model.alpha": 0.25, "model.weights": str(MOBILENET_025_FILE),
+         **_SMALL_PRETRAINED_RECIPE, "train.finetune.augment": False}),
     "mobilenet025-imagenet-cache": Row(
         "as mobilenet025-imagenet, but weights='imagenet' from the Keras cache "
         "(runs where ~/.keras/models holds mobilenet_2_5_224_tf_no_top.h5, e.g. after --copy-weights-to-cache)",
@@ -507,18 +517,34 @@ def _run_seconds(run) -> float:
         return 0.0
 
 
-def reusable_run(store, config, members: list[str] | None = None):
+def _without(config: dict[str, Any], dotted: Sequence[str]) -> dict[str, Any]:
+    """A config dict without the given dotted keys (``"train.evaluate_test"``)."""
+    out = json.loads(json.dumps(config))
+    for key in dotted:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return out
+
+
+def reusable_run(store, config, members: list[str] | None = None, ignore: Sequence[str] = (),
+                 finished_only: bool = False):
     """With ``--resume``: the newest run of exactly this config (and these ensemble members), unless it is live.
 
     A finished one is taken as it is; a failed, stopped or interrupted one is resumed. So a benchmark
     cut short (or a trainer that failed at its very end) goes on without retraining finished seeds.
+    ``ignore``: dotted settings that may differ (``train.evaluate_test`` for a comparison that reads
+    validation only); ``finished_only``: take only a finished run.
     """
     from core.ensemble import member_ids
 
-    wanted = config.to_dict()
+    wanted = _without(config.to_dict(), ignore)
     for run in store.list():  # newest first
         try:
-            same = run.config().to_dict() == wanted and (members is None or member_ids(run) == members)
+            same = (_without(run.config().to_dict(), ignore) == wanted and (members is None or member_ids(run) == members)
+                    and (not finished_only or run.status().state == "finished"))
         except Exception:  # noqa: BLE001 - an unreadable run is simply not this one
             continue
         if same and run.starter is None and not run.status().active:  # a shipped starter is a copy, not a row's run
