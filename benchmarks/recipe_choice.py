@@ -10,8 +10,9 @@ ROC AUC with its patient-bootstrap interval, and log loss (``core.sweep.validati
 A finished run of the same settings already in the store is reused, whether or not that earlier
 run was also evaluated on test (its test figures are not read here; the table says which runs had
 been). A candidate *helps* when it lowers the validation loss in every seed and lowers the AUC in
-none; it *hurts* when it raises the loss in every seed; otherwise the seeds disagree and the
-reference stays (``benchmarks.augmentation.verdict``, the rule written before any run).
+none; it *hurts* when it raises the loss in every seed; otherwise the seeds disagree
+(``benchmarks.augmentation.verdict``, the rule written before any run). The chosen recipe is the
+candidate that helps with the lowest mean validation loss, or the reference when none helps.
 
     python -m benchmarks.recipe_choice --rows efficientnet-lite0-imagenet,efficientnet-lite0-imagenet-noaug
     python -m benchmarks.recipe_choice --rows mobilenet025-imagenet,mobilenet025-imagenet-noaug --seeds 2 \\
@@ -32,7 +33,7 @@ from typing import Any
 from benchmarks._common import REPO, finish, machine, table
 from benchmarks.augmentation import verdict
 
-__all__ = ["main", "compare"]
+__all__ = ["main", "compare", "choose"]
 
 RESULTS = REPO / "benchmarks" / "results"
 IGNORED = ("train.evaluate_test",)  # the only setting a reused run may differ in
@@ -60,6 +61,14 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "verdict": f"not run: {row['error']}" if row.get("error") else "reference" if index == 0 else
                     (verdict(d_loss, d_auc) if complete else "incomplete: not every seed finished")})
     return out
+
+
+def choose(compared: list[dict[str, Any]]) -> str | None:
+    """The recipe to take: among the candidates that help, the lowest mean validation loss; else the reference."""
+    helping = [row for row in compared[1:] if row["verdict"] == "helps"]
+    if helping:
+        return min(helping, key=lambda row: row["val_loss"][0])["name"]
+    return compared[0]["name"] if compared and compared[0]["verdict"] == "reference" else None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -164,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                          "val AUC mean ± sd", "val loss mean ± sd", "Δ loss vs reference, per seed",
                          "Δ AUC vs reference, per seed", "verdict"])
     runs = [r for row in compared for r in row["runs"]]
+    chosen = choose(compared)
+    text += f"\n\nChosen on validation: {chosen or 'nothing (the reference did not run)'}."
     text += (f"\n\n{len(runs)} runs ({sum(r['reused'] for r in runs)} reused from the store, "
              f"{sum(r['test_read_by_that_run'] for r in runs)} of them had been evaluated on test when they were "
              f"trained; none of their test figures is read here) in {seconds:.0f} s. Validation only.")
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if smoke else RESULTS / f"recipe_choice-{kind}-{'-vs-'.join(names)}.json")
     result = {"benchmark": "recipe_choice", "machine": info,
               "data": kind, "command": "python -m benchmarks.recipe_choice " + " ".join(argv or sys.argv[1:]),
-              "seconds": seconds, "seeds": seeds, "rows": quality.portable(compared, quality.path_roots())}
+              "seconds": seconds, "seeds": seeds, "chosen": chosen, "rows": quality.portable(compared, quality.path_roots())}
     finish(result, out, text)
     return 0 if all(r["state"] == "finished" for r in runs) and not any(row["error"] for row in compared) else 1
 

@@ -28,6 +28,11 @@ def test_candidates_are_compared_with_the_first_row_seed_by_seed():
     assert by_name["mixed"]["verdict"] == "seeds disagree"
     assert by_name["lower auc"]["verdict"] == "seeds disagree"  # lower loss everywhere, but one seed lost AUC
     assert by_name["ref"]["val_loss"][0] == pytest.approx(0.31 / 3)
+    assert recipe_choice.choose(rows) == "better"
+    best = recipe_choice.compare([_row("ref", [0.10, 0.12], [0.99, 0.99]), _row("a", [0.09, 0.11], [0.99, 0.99]),
+                                  _row("b", [0.05, 0.11], [0.99, 0.99])])
+    assert recipe_choice.choose(best) == "b"  # of the candidates that help, the lowest mean loss
+    assert recipe_choice.choose(rows[:1] + rows[2:]) == "ref"  # none helps: the reference stays
 
 
 def test_a_candidate_with_a_missing_seed_gets_no_verdict():
