@@ -282,6 +282,27 @@ def test_efficientnet_rows_are_the_issues_recipes(tmp_path):
     assert (medmnist.train.early_stopping_patience, medmnist.train.monitor) == (4, "val_loss")
 
 
+@pytest.mark.parametrize("candidate, reference, backbone", [
+    ("efficientnet-lite0-imagenet-noaug", "efficientnet-lite0-imagenet", None),
+    ("efficientnet-lite1-imagenet-noaug", "efficientnet-lite0-imagenet", "efficientnet_lite1"),
+    ("efficientnet-lite2-imagenet-noaug", "efficientnet-lite0-imagenet", "efficientnet_lite2"),
+    ("mobilenet025-imagenet-noaug", "mobilenet025-imagenet", None)])
+def test_noaug_rows_differ_from_their_reference_only_in_the_fine_tune_augmentation_and_backbone(
+        tmp_path, candidate, reference, backbone):
+    """What benchmarks.recipe_choice compares must be one change: the fine-tune phase's augmentation (and the size)."""
+    def flat(name: str) -> dict:
+        config = quality.build_config(name, KAGGLE_ROWS[name], "kaggle", str(tmp_path)).to_dict()
+        config.pop("name")
+        return {f"{section}.{key}": value for section, values in config.items() if isinstance(values, dict)
+                for key, value in values.items()}  # train.finetune stays one dict
+
+    ours, theirs = flat(candidate), flat(reference)
+    changed = {key for key in ours if ours[key] != theirs.get(key)}
+    assert changed == {"train.finetune"} | ({"model.backbone"} if backbone else set())
+    assert ours["train.finetune"] == {**theirs["train.finetune"], "augment": False}
+    assert backbone is None or ours["model.backbone"] == backbone
+
+
 def test_seeds_share_the_base_seeds_validation_split(tmp_path):
     base = quality.build_config("small-cnn-scratch", KAGGLE_ROWS["small-cnn-scratch"], "demo", "demo",
                                 quality._parser().parse_args(["--seed", "7"]))
@@ -295,7 +316,8 @@ def test_row_selection_and_default_paths():
     parse = quality._parser().parse_args
     assert [n for n, _ in quality.select_rows(parse([]), "kaggle")] == list(quality.KAGGLE_DEFAULT_ROWS)
     assert [n for n, _ in quality.select_rows(parse(["--medmnist"]), "medmnist")] == list(quality.MEDMNIST_DEFAULT_ROWS)
-    assert quality.KAGGLE_DEFAULT_ROWS == ("efficientnet-lite0-imagenet", "mobilenet025-imagenet", "small-cnn-scratch")
+    assert quality.KAGGLE_DEFAULT_ROWS == ("efficientnet-lite2-imagenet-noaug", "mobilenet025-imagenet-noaug",
+                                           "small-cnn-scratch")
     assert quality.MEDMNIST_DEFAULT_ROWS == ("efficientnet-lite0-imagenet", "small-cnn-scratch")
     assert {"vgg16-imagenet", "mobilenet025-imagenet-cache", "mobilenetv2-035-imagenet"} <= set(KAGGLE_ROWS)
     assert {"small-cnn-scratch-64", "mobilenet025-imagenet", "vgg16-imagenet"} <= set(MEDMNIST_ROWS)
