@@ -17,6 +17,7 @@ store. Threshold choice and the test evaluation happen on the chief alone.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import signal
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from core.cluster import ClusterTask
 
 __all__ = ["train_run", "run_and_record", "main", "StopRequested", "class_weights", "compile_classifier",
-           "readable_error", "cluster_task", "PHASES", "LOG_FORMAT", "MIRRORED_FILES"]
+           "kept_phase", "readable_error", "cluster_task", "PHASES", "LOG_FORMAT", "MIRRORED_FILES"]
 
 log = logging.getLogger("cxr_studio.train")
 PHASES = ("head", "finetune")
@@ -182,19 +183,72 @@ def _train_run(run: Run, writer: StatusWriter, *, device: str | None = None, clu
         model = build_classifier(config.model, size)
 
     best: Path | None = None  # the best checkpoint of the last phase that ran
+    bests: dict[str, Path] = {}
     for name, phase, start, end in phases:
         committed = committed_epoch(run.path / "backup" / name) or start
         if _phase_done(run, name, start, end, committed):
             best = PhaseCheckpoints(run.path / "checkpoints", name).best(committed) or best
-            continue
-        best = _train_phase(run, writer, model, strategy, plan, config, name, phase, (start, end, committed),
-                            best, (x_train, y_train), (x_val, y_val), weights, batch, mirror_of)
+        else:
+            best = _train_phase(run, writer, model, strategy, plan, config, name, phase, (start, end, committed),
+                                best, (x_train, y_train), (x_val, y_val), weights, batch, mirror_of)
+        if best is not None:
+            bests[name] = best
     if mirror_of is not None:
         log.info("training done on this worker; the chief chooses the threshold and evaluates")
         return
+    kept, reason = kept_phase(run.epochs(), list(bests))
+    if reason:
+        log.warning("%s", reason)
+        run.append_history({"type": "phase_rejected", "phase": list(bests)[-1], "kept": kept, "reason": reason})
+        best = bests[kept]
     _publish(best, run.model_path)
     groups = [record.patient for record in splits.val]
     _finish(run, config, x_val, y_val, groups, batch, writer)
+
+
+CHANCE_AUC = 0.55  # a phase whose best epoch ranks validation no better than this has learnt nothing usable
+CONSTANT_LOSS = math.log(2)  # the validation loss of answering 0.5 for every film
+
+
+def kept_phase(epochs: list[dict], phases: list[str]) -> tuple[str | None, str | None]:
+    """The phase whose best checkpoint becomes the run's model, and why when it is not the last one.
+
+    The last phase is kept on its own merits: it need not beat an earlier phase's best value (on a
+    near-separable validation split, a saturated AUC would otherwise throw away every fine-tune).
+    The exception is a last phase that collapsed while the phase before it did not: at its best epoch
+    it ranks the validation films at chance (AUC ≤ 0.55: a constant output, as when fine-tuning every
+    block at a high rate breaks the batch-norm statistics), or its validation loss is worse than
+    answering 0.5 for every film (ln 2) with no better AUC than the earlier phase. Then the earlier
+    phase's best checkpoint is kept, and the reason is given. ``epochs``: the run's epoch rows.
+    """
+    if not phases:
+        return None, None
+    best: dict[str, dict] = {}
+    for row in epochs:
+        if row.get("best") and row.get("phase") in phases:
+            best[row["phase"]] = row  # the last best row of a phase is its checkpoint's
+
+    def auc(row: dict) -> float:
+        value = row.get("val_exact_auc", row.get("val_auc"))
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+
+    def loss(row: dict) -> float:
+        value = row.get("val_loss")
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
+    def broken(row: dict, other: dict | None = None) -> bool:
+        at_chance = not auc(row) > CHANCE_AUC
+        worse_than_constant = not loss(row) <= CONSTANT_LOSS and (other is None or not auc(row) > auc(other))
+        return at_chance or worse_than_constant
+
+    last = phases[-1]
+    for earlier in reversed(phases[:-1]):
+        if last in best and earlier in best and broken(best[last], best[earlier]) and not broken(best[earlier]):
+            return earlier, (f"the {last} phase collapsed: at its best epoch validation AUC {auc(best[last]):.2f} and "
+                             f"loss {loss(best[last]):.3g}, against {auc(best[earlier]):.2f} and "
+                             f"{loss(best[earlier]):.3g} after the {earlier} phase, so the {earlier} phase's best "
+                             f"model is kept; a lower {last} learning rate or a later unfreeze block usually avoids this")
+    return last, None
 
 
 def _join_cluster(writer: StatusWriter, plan, cluster: "ClusterTask | None"):

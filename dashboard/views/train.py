@@ -129,6 +129,10 @@ def live_panel(run: Run) -> None:
             phases = [row for row in history if row.get("type") == "phase" and row.get("note")]
             if phases:
                 st.caption(" · ".join(f"**{row['phase']}**: {row['note']}" for row in phases))
+            for row in history:
+                if row.get("type") == "phase_rejected":  # core.train.kept_phase: a collapsed last phase
+                    st.warning(f"Model kept from the **{row['kept']}** phase: {row['reason']}.",
+                               icon=":material/undo:")
             epochs = latest_epochs(history)
             steps = resources.thin([row for row in history if row.get("type") == "step"]) if status.active else None
             if epochs or steps:

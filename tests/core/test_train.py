@@ -254,6 +254,54 @@ def test_final_model_is_the_best_checkpoint_of_the_last_phase(tmp_path, cache_di
     assert not (run.path / "backup").exists() and not (run.path / "checkpoints").exists()
 
 
+def _best(phase: str, auc: float, loss: float) -> dict:
+    return {"type": "epoch", "phase": phase, "best": True, "val_auc": auc, "val_loss": loss}
+
+
+@pytest.mark.parametrize("finetune, kept", [
+    (_best("finetune", 0.96, 0.30), "finetune"),  # worse than the head's best, but sound: kept on its own merits
+    (_best("finetune", 0.50, 0.655), "head"),  # a constant output (seen on PneumoniaMNIST, every block at 1e-3)
+    (_best("finetune", 0.62, 3778.9), "head"),  # worse than answering 0.5, and no better ranking
+    (_best("finetune", 0.99, 0.90), "finetune"),  # miscalibrated but ranking better than the head: kept
+    (_best("finetune", float("nan"), float("nan")), "head")])
+def test_the_last_phase_is_kept_unless_it_collapsed(finetune, kept):
+    from core.train import kept_phase
+
+    head = [_best("head", 0.80, 0.70), _best("head", 0.97, 0.20), {**_best("head", 0.4, 2.0), "best": False}]
+    phase, reason = kept_phase(head + [finetune], ["head", "finetune"])
+    assert phase == kept and (reason is None) == (kept == "finetune")
+    if reason:
+        assert "collapsed" in reason and "0.97" in reason and "learning rate" in reason
+    # A head phase that never learnt either: nothing better to fall back to.
+    assert kept_phase([_best("head", 0.5, 0.69), finetune], ["head", "finetune"])[0] == "finetune"
+    assert kept_phase([finetune], ["finetune"]) == ("finetune", None) and kept_phase([], []) == (None, None)
+
+
+def test_a_collapsed_fine_tune_gives_way_to_the_heads_best_model_and_says_so(tmp_path, cache_dir):
+    from core.model import load_model
+    from core.pipeline import load_arrays
+    from core.splits import run_splits
+
+    # Every VGG16 block fine-tuned at 0.02: validation loss in the thousands, ranking near chance.
+    config = _two_phase_config(head=3, finetune=2, **{
+        "model.backbone": "vgg16", "model.weights": "none", "model.unfreeze_from_block": 1,
+        "train.precision": "float32", "train.head.learning_rate": 0.3, "train.finetune.learning_rate": 0.02})
+    run = RunStore(tmp_path).create(config)
+    assert run_and_record(run, resume=False) == 0, run.raw_status().error
+    rows = run.history("epoch")
+    head_best = min((row for row in rows if row["phase"] == "head"), key=lambda row: row["val_loss"])
+    finetune = [row for row in rows if row["phase"] == "finetune"]
+    assert min(row["val_loss"] for row in finetune) > 10 * head_best["val_loss"], "the fine-tune did not collapse"
+    (note,) = run.history("phase_rejected")
+    assert note["phase"] == "finetune" and note["kept"] == "head" and "collapsed" in note["reason"]
+    assert "the head phase's best model is kept" in run.log_path.read_text()
+    x_val, y_val = load_arrays(run_splits(config, run.path).val, config.data.image_size, config.data.resize_mode)
+    logits = load_model(run.model_path).predict(x_val, verbose=0).ravel().astype(np.float64)
+    loss = float(np.mean(np.maximum(logits, 0) - logits * y_val + np.log1p(np.exp(-np.abs(logits)))))
+    assert loss == pytest.approx(head_best["val_loss"], abs=1e-4)  # model.keras is the head's best checkpoint
+    assert run.metrics() is not None and run.status().state == "finished"
+
+
 @pytest.mark.slow
 def test_resume_keeps_the_precision_of_the_first_start(tmp_path, cache_dir):
     """A run first started where "auto" chose bf16 (a GPU server, say) resumes in bf16 where "auto" says float32."""
