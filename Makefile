@@ -34,3 +34,6 @@ benchmarks: $(STAMP)
 	# results come from the full commands in benchmarks/RESULTS-quality.md).
 	$(PY) -m benchmarks.quality --medmnist --rows small-cnn-scratch --seeds 1 --results models/quality-results \
 	  --out models/quality-medmnist.md
+	# A validation-only recipe choice in miniature (2 seeds, 100 films per class; prints, writes nothing).
+	$(PY) -m benchmarks.recipe_choice --medmnist --rows small-cnn-scratch,small-cnn-scratch-64 --seeds 2 \
+	  --max-images-per-class 100
