@@ -3,8 +3,8 @@
 Each phase is one ``fit`` with Keras's ``BackupAndRestore`` (resume: weights, optimizer state and
 epoch), ``ModelCheckpoint`` and ``EarlyStopping`` on a configurable validation quantity, and our
 progress callback (:mod:`core.callbacks`). The fine-tune phase starts from the head phase's best
-weights; the run's ``model.keras`` is the best checkpoint of the last phase that ran. A run
-killed at any instant resumes from its last completed epoch. ``python -m core.train``
+weights; the run's ``model.keras`` is the best checkpoint of the last phase that ran, unless that
+phase collapsed (:func:`kept_phase`). A run killed at any instant resumes from its last completed epoch. ``python -m core.train``
 (:mod:`core.train_cli`) is the entry point.
 
 Multi-worker (``MultiWorkerMirroredStrategy``, one process per host or per local worker, each with
