@@ -250,6 +250,21 @@ def test_live_panel_says_which_phases_were_cached(finished_only_env):
     assert "**head**: frozen layers computed once and cached" in shown and "**finetune**: training on images" in shown
 
 
+def test_live_panel_says_when_a_collapsed_fine_tune_gave_way_to_the_head(finished_only_env):
+    from core.train import kept_phase
+
+    run = finished_only_env["finished"]
+    rows = [{"type": "epoch", "phase": "head", "best": True, "val_auc": 0.97, "val_loss": 0.2},
+            {"type": "epoch", "phase": "finetune", "best": True, "val_auc": 0.5, "val_loss": 0.66}]
+    kept, reason = kept_phase(rows, ["head", "finetune"])
+    before = open_page("train", train_run_id=run.id)
+    assert not any("Model kept from" in w.value for w in before.warning)
+    run.append_history({"type": "phase_rejected", "phase": "finetune", "kept": kept, "reason": reason})
+    at = open_page("train", train_run_id=run.id)
+    (shown,) = [w.value for w in at.warning if "Model kept from" in w.value]
+    assert "**head** phase" in shown and "collapsed" in shown and "learning rate" in shown
+
+
 def test_failed_run_in_the_live_panel(finished_only_env):
     at = open_page("train", train_run_id=finished_only_env["failed"].id)
     assert any(e.value == f"Training failed: {finished_only_env['failed_error']}" for e in at.error)
