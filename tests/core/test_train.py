@@ -282,16 +282,19 @@ def test_a_collapsed_fine_tune_gives_way_to_the_heads_best_model_and_says_so(tmp
     from core.pipeline import load_arrays
     from core.splits import run_splits
 
-    # Every VGG16 block fine-tuned at 0.02: validation loss in the thousands, ranking near chance.
+    # VGG16's block 5 fine-tuned at 0.02 with Adam on cached block-4 outputs (no augmentation, so the phase is
+    # deterministic like the head): one constant answer for every film, validation AUC 0.5 and loss 1.14.
     config = _two_phase_config(head=3, finetune=2, **{
-        "model.backbone": "vgg16", "model.weights": "none", "model.unfreeze_from_block": 1,
-        "train.precision": "float32", "train.head.learning_rate": 0.3, "train.finetune.learning_rate": 0.02})
+        "model.backbone": "vgg16", "model.weights": "none", "model.unfreeze_from_block": 5,
+        "train.precision": "float32", "train.head.learning_rate": 0.3, "train.finetune.learning_rate": 0.02,
+        "train.finetune.augment": False})
     run = RunStore(tmp_path).create(config)
     assert run_and_record(run, resume=False) == 0, run.raw_status().error
     rows = run.history("epoch")
     head_best = min((row for row in rows if row["phase"] == "head"), key=lambda row: row["val_loss"])
-    finetune = [row for row in rows if row["phase"] == "finetune"]
-    assert min(row["val_loss"] for row in finetune) > 10 * head_best["val_loss"], "the fine-tune did not collapse"
+    finetune_best = min((row for row in rows if row["phase"] == "finetune"), key=lambda row: row["val_loss"])
+    assert finetune_best["val_loss"] > np.log(2) > head_best["val_loss"], "the fine-tune did not collapse"
+    assert finetune_best["val_auc"] < head_best["val_auc"]
     (note,) = run.history("phase_rejected")
     assert note["phase"] == "finetune" and note["kept"] == "head" and "collapsed" in note["reason"]
     assert "the head phase's best model is kept" in run.log_path.read_text()
