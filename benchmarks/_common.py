@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from core.datasets import CLASS_NAMES as CLASSES  # the class folder names, defined once in core
+from core.data.datasets import CLASS_NAMES as CLASSES  # the class folder names, defined once in core
 
 __all__ = [
     "REPO",
@@ -189,6 +189,6 @@ def ours_precision(choice: str, backbone: str = "vgg16") -> str:
     """The dtype policy "ours" runs with: the product's automatic choice for this CPU, or the one asked for."""
     if choice != "auto":
         return choice
-    from core.device import plan_device
+    from core.training.device import plan_device
 
     return plan_device("cpu", "auto", False, backbone=backbone).precision

@@ -69,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     finetune = args.finetune_epochs if args.finetune_epochs is not None else (1 if quick else 3)
     out = args.out or RESULTS / ("augmentation-quick.json" if quick else "augmentation.json")
 
-    from core.startup import import_tensorflow_quietly
+    from core.jobs.commands.startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from core.config import RunConfig
-    from core.runs import RunStore
-    from core.sweep import create_sweep, run_sweep, sweep_results
+    from core.store.runs import RunStore
+    from core.jobs.sweep import create_sweep, run_sweep, sweep_results
 
     base = RunConfig().with_overrides(**{
         "name": "bench-augmentation", "data.source": "folder", "data.path": str(Path(args.data).resolve()),

@@ -235,7 +235,7 @@ async def _sessions(url: str, run_id: str, n: int, window: float, until_done, pi
 
 
 def load_scenario(args, nice: int, work: Path, root: Path = REPO) -> dict[str, Any]:
-    from core.runs import RunStore
+    from core.store.runs import RunStore
 
     tag = f"nice{nice}-{'this' if root == REPO else 'baseline'}"
     runs, cache = work / f"runs-{tag}", work / f"cache-{tag}"
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     args.uploads = args.uploads or (4 if args.quick else 10)
     if args.quick and args.max_images_per_class is None:
         args.max_images_per_class = 150
-    from core.runs import trainer_nice
+    from core.store.runs import trainer_nice
 
     default_nice = trainer_nice({})
     nices = [int(v) for v in args.trainer_nice.split(",")] if args.trainer_nice else [default_nice]

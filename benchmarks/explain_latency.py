@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from tf_keras_vis.utils.scores import BinaryScore
 
     from core.config import ModelConfig
-    from core.images import load_image
-    from core.explain import Explainer, default_cam_layer
-    from core.model import build_classifier
+    from core.data.images import load_image
+    from core.evaluation.explain import Explainer, default_cam_layer
+    from core.model.classifier import build_classifier
 
     keras.mixed_precision.set_dtype_policy(args.precision)
     size = args.image_size

@@ -68,7 +68,7 @@ def backbone_gains(args, backbones: list[str]) -> int:
     import keras
 
     from core.config import ModelConfig
-    from core.model import build_classifier, set_trainable
+    from core.model.classifier import build_classifier, set_trainable
 
     size = args.image_size or 128
     batch = args.batch_size or 16
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from core.config import ModelConfig
-    from core.frozen import split_at_freeze_boundary
-    from core.model import build_classifier, set_trainable
+    from core.data.frozen import split_at_freeze_boundary
+    from core.model.classifier import build_classifier, set_trainable
 
     result = {"machine": info, "settings": {"image_size": size, "batch_size": batch, "reps": reps, "matmul": args.matmul}}
     peaks = {}

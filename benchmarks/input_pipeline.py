@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from core.config import AugmentConfig, ModelConfig
-    from core.datasets import find_dataset
-    from core.pipeline import load_arrays, make_dataset
-    from core.model import build_classifier, set_trainable
+    from core.data.datasets import find_dataset
+    from core.data.pipeline import load_arrays, make_dataset
+    from core.model.classifier import build_classifier, set_trainable
 
     precision = ours_precision(args.precision)
     result = {"machine": info, "settings": {"images": n_images, "image_size": size, "batch_size": batch,

@@ -39,10 +39,10 @@ def validation_predictions(run) -> dict[str, np.ndarray]:
     if saved:
         return {"y": np.asarray(saved["labels"], dtype=int), "p": np.asarray(saved["probabilities"], dtype=float),
                 "groups": np.asarray(saved["patients"])}
-    from core.evaluate import predict_probabilities
-    from core.model import load_model
-    from core.pipeline import load_arrays, make_dataset
-    from core.splits import saved_splits
+    from core.evaluation.evaluate import predict_probabilities
+    from core.model.classifier import load_model
+    from core.data.pipeline import load_arrays, make_dataset
+    from core.data.splits import saved_splits
 
     config = run.config()
     splits = saved_splits(run.path)
@@ -69,7 +69,8 @@ def compare_rules(per_run: Sequence[dict[str, np.ndarray]], repeats: int = 50,
     """Held-out and across-seed figures of every rule (see the module docstring)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from core.threshold import THRESHOLD_METHODS, choose_threshold
+    from core.config.catalog import THRESHOLD_METHODS
+    from core.evaluation.threshold import choose_threshold
 
     out: dict[str, dict[str, Any]] = {}
     for method in THRESHOLD_METHODS:
@@ -109,10 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--store", help="run store folder (default models/)")
     parser.add_argument("--repeats", type=int, default=50, help="patient-grouped half splits per run")
     args = parser.parse_args(argv)
-    from core.startup import import_tensorflow_quietly
+    from core.jobs.commands.startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from core.runs import RunStore
+    from core.store.runs import RunStore
 
     store = RunStore(args.store)
     runs = [store.get(run_id) for run_id in args.runs]

@@ -375,7 +375,8 @@ def weights_label(config) -> str:
     if weights == "none":
         return "none (trained from scratch)"
     if weights == "imagenet":
-        from core.backbones import BACKBONES, imagenet_file_name
+        from core.config import BACKBONES
+        from core.model.weights import imagenet_file_name
 
         file = imagenet_file_name(BACKBONES[config.model.backbone], config.model.alpha)
         return f"ImageNet via weights='imagenet' (Keras cache: {file})"
@@ -392,7 +393,9 @@ def preflight_weights(config) -> str | None:
     """None when the row's pretrained weights load; else the core's message (e.g. VGG16 offline)."""
     if config.model.weights != "imagenet":
         return None
-    from core.backbones import BACKBONES, WeightsUnavailableError, load_imagenet_reference
+    from core.config import BACKBONES
+    from core.model.backbones import load_imagenet_reference
+    from core.model.weights import WeightsUnavailableError
 
     try:
         load_imagenet_reference(BACKBONES[config.model.backbone], config.data.image_size, config.model.alpha)
@@ -550,7 +553,7 @@ def reusable_run(store, config, members: list[str] | None = None, ignore: Sequen
     ``ignore``: dotted settings that may differ (``train.evaluate_test`` for a comparison that reads
     validation only); ``finished_only``: take only a finished run.
     """
-    from core.ensemble import member_ids
+    from core.evaluation.ensemble import member_ids
 
     wanted = _without(config.to_dict(), ignore)
     for run in store.list():  # newest first
@@ -608,8 +611,8 @@ def run_seeds(store, name: str, row: Row, config, kind: str, seeds: int, ensembl
 def run_ensemble(store, outcome: RowOutcome, kind: str, env: dict[str, str], poll: float = 2.0,
                  say: Say = print, reuse: bool = False) -> RowResult:
     """The ensemble of a row's seed runs as one more run: created over the finished members, launched, awaited."""
-    from core.ensemble import create_ensemble
-    from core.runs import RunError
+    from core.jobs.ensemble import create_ensemble
+    from core.store.runs import RunError
 
     label = f"ensemble of {len(outcome.runs)}"
     result = RowResult(outcome.name, outcome.summary, weights=outcome.weights, label=label)
@@ -1216,7 +1219,7 @@ def write_section(path: Path, kind: str, text: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from core.threshold import THRESHOLD_METHODS
+    from core.config.catalog import THRESHOLD_METHODS
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1286,7 +1289,7 @@ def is_smoke(args: argparse.Namespace, kind: str) -> bool:
 
 
 def _copy_weights_to_cache() -> list[str]:
-    from core.backbones import keras_cache_dir
+    from core.model.weights import keras_cache_dir
 
     cache = keras_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
@@ -1336,8 +1339,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KERAS_HOME"] = str(Path(args.keras_home).expanduser().absolute())  # before keras is imported
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from core.config import ConfigError
-    from core.demo import default_cache_dir
-    from core.runs import RunStore
+    from core.data.demo import default_cache_dir
+    from core.store.runs import RunStore
 
     rows = select_rows(args, kind)
     store = RunStore(args.store)

@@ -107,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.seeds <= 10:
         raise SystemExit(f"error: --seeds must be 1..10; got {args.seeds}")
 
-    from core.startup import import_tensorflow_quietly
+    from core.jobs.commands.startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from benchmarks import quality
-    from core.runs import RunStore
-    from core.sweep import validation_figures
+    from core.store.runs import RunStore
+    from core.jobs.sweep import validation_figures
 
     kind, data_path = quality.resolve_data(args.data, args.medmnist)
     table_rows = quality.MEDMNIST_ROWS if kind == "medmnist" else quality.KAGGLE_ROWS

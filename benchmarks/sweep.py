@@ -130,8 +130,8 @@ def _train(run, env: dict[str, str] | None = None) -> tuple[float, int]:
 
 def _alone(config, workdir: Path, index: int) -> tuple[float, float | None, int]:
     """Train one member's config alone, cold caches; returns (wall seconds, validation AUC, exit code)."""
-    from core.runs import RunStore
-    from core.sweep import validation_figures
+    from core.store.runs import RunStore
+    from core.jobs.sweep import validation_figures
 
     cache = workdir / f"cache-alone-{index}"
     run = RunStore(workdir / f"store-alone-{index}").create(config)
@@ -143,7 +143,7 @@ def _alone(config, workdir: Path, index: int) -> tuple[float, float | None, int]
 def _final_run(sweep, store, by: str, dest: Path | None) -> dict[str, Any]:
     """Train the best member's settings as the final run and evaluate it once on test, as the Sweep page's action does."""
     from benchmarks.quality import copy_run_files, path_roots
-    from core.sweep import create_final_run, sweep_results
+    from core.jobs.sweep import create_final_run, sweep_results
 
     results = sweep_results(sweep, n_boot=1000)
     run = create_final_run(sweep, store, by=by)
@@ -169,11 +169,11 @@ def _final_run(sweep, store, by: str, dest: Path | None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _defaults(args)
-    from core.startup import import_tensorflow_quietly
+    from core.jobs.commands.startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from core.runs import RunStore
-    from core.sweep import create_sweep, describe, member_slots, run_sweep, sweep_results
+    from core.store.runs import RunStore
+    from core.jobs.sweep import create_sweep, describe, member_slots, run_sweep, sweep_results
 
     info = machine()
     base = base_config(args)

@@ -180,9 +180,9 @@ def ours_worker(spec: dict) -> dict:
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    import core.train as trainer
+    import core.training.fit as trainer
     from core.config import AugmentConfig, DataConfig, ModelConfig, PhaseConfig, RunConfig, TrainConfig
-    from core.runs import RunStore
+    from core.store.runs import RunStore
 
     augment = AugmentConfig(**AUGMENT) if spec["augment"] else AugmentConfig(**{k: 0 for k in AUGMENT})
     config = RunConfig(
@@ -238,8 +238,8 @@ def ours_worker(spec: dict) -> dict:
 def _split_like_ours(root: Path, spec: dict) -> tuple[int, int, dict]:
     """Our patient-grouped train/val split of the subset, symlinked as train/ val/ test/ for the tutorial."""
     from core.config import DataConfig
-    from core.splits import resolve_splits
-    from core.train import class_weights
+    from core.data.splits import resolve_splits
+    from core.training.fit import class_weights
 
     import numpy as np
 
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--variants: unknown {variant!r}; choose from {', '.join(VARIANTS)}")
 
     info = machine()
-    from core.device import plan_device
+    from core.training.device import plan_device
 
     precision = args.precision
     if precision == "auto":

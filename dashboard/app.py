@@ -18,7 +18,7 @@ def _warm_up_tensorflow() -> threading.Thread:
 
     def work():
         try:
-            import core.model  # noqa: F401  (imports keras / TensorFlow)
+            import core.model.classifier  # noqa: F401  (imports keras / TensorFlow)
         except Exception:  # noqa: BLE001 - the page that needs it will report the error itself
             pass
 

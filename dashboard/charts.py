@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.runs import Run
+from core.store.runs import Run
 
 STATE_BADGES = {
     "created": ":gray-badge[created]", "queued": ":blue-badge[:material/schedule: queued]",

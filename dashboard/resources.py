@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from core.runs import HistoryTail, Run
+from core.config import ModelConfig
+from core.data.datasets import CLASS_NAMES, DatasetError, find_dataset
+from core.data.demo import ensure_demo_dataset
+from core.data.images import ImageLoadError, prepare_image, read_image, resize_gray
+from core.data.sample import check_sample, local_path, sample_root
+from core.data.splits import MANIFEST_NAME, read_manifest, test_manifest
+from core.store.runs import HistoryTail, Run
 
 # File types the uploaders accept (read by core.images.load_image, in memory only).
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "tif", "tiff", "webp"]
@@ -44,22 +50,16 @@ def thin(rows: list[dict[str, Any]], most: int = 400) -> list[dict[str, Any]]:
 @st.cache_data(show_spinner="Preparing the synthetic demo set…")
 def demo_dataset_root(images_per_class: int = 120) -> str:
     """Generate (first time only) the synthetic demo set the demo runs use; returns its folder."""
-    from core.demo import ensure_demo_dataset
-
     return str(ensure_demo_dataset(images_per_class=images_per_class))
 
 
 @st.cache_data(ttl=30, show_spinner=False)
 def _sample_check(root: str):
-    from core.sample import check_sample
-
     return check_sample(root)
 
 
 def sample_check():
     """``core.sample.check_sample`` of the bundled real sample (sha256 of each film against its manifest)."""
-    from core.sample import sample_root
-
     return _sample_check(str(sample_root()))
 
 
@@ -72,8 +72,6 @@ def sample_usable() -> bool:
 @st.cache_data(show_spinner="Indexing the data set…", max_entries=8)
 def dataset_index(path: str, modified: float):
     """``core.datasets.find_dataset`` for a folder, cached per path and folder modification time."""
-    from core.datasets import find_dataset
-
     return find_dataset(path)
 
 
@@ -86,8 +84,6 @@ def folder_mtime(path: str) -> float:
 
 def display_image(gray: np.ndarray, model_size: int, resize_mode: str, largest: int = 512) -> np.ndarray:
     """The X-ray as the model sees it (same framing), at a resolution fit for the screen."""
-    from core.images import prepare_image
-
     side = int(max(model_size, min(largest, max(gray.shape[:2]))))
     return prepare_image(gray, side, resize_mode)[..., 0].astype(np.uint8)
 
@@ -95,8 +91,6 @@ def display_image(gray: np.ndarray, model_size: int, resize_mode: str, largest: 
 @st.cache_data(max_entries=2048, show_spinner=False)
 def thumbnail(path: str, size: int = 160) -> np.ndarray | None:
     """A small uint8 grayscale copy of an image file or MedMNIST reference, or None when it cannot be read."""
-    from core.images import ImageLoadError, read_image, resize_gray
-
     try:
         gray = read_image(path, draft_size=size)
     except ImageLoadError:
@@ -106,8 +100,6 @@ def thumbnail(path: str, size: int = 160) -> np.ndarray | None:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _saved_test_split(manifest: str, modified: float) -> tuple[str, list[tuple[str, int]]]:
-    from core.splits import read_manifest
-
     splits = read_manifest(manifest)
     return splits.root, [(r.path, r.label) for r in splits.test]
 
@@ -115,9 +107,6 @@ def _saved_test_split(manifest: str, modified: float) -> tuple[str, list[tuple[s
 @st.cache_data(max_entries=64, show_spinner=False)
 def saved_split_table(run_path: str, modified: float) -> dict[str, Any]:
     """The data root of a run's splits.json and, per split, its images per class and patients."""
-    from core.datasets import CLASS_NAMES
-    from core.splits import MANIFEST_NAME, read_manifest
-
     splits = read_manifest(Path(run_path) / MANIFEST_NAME)
     rows = [{"split": name, **{c: sum(r.label == i for r in records) for i, c in enumerate(CLASS_NAMES)},
              "patients": len({r.patient for r in records})}
@@ -127,9 +116,6 @@ def saved_split_table(run_path: str, modified: float) -> dict[str, Any]:
 
 def runs_with_saved_splits(runs: list[Run], root: str) -> list[Run]:
     """Those of ``runs`` whose saved splits (splits.json) came from the data folder ``root``."""
-    from core.datasets import DatasetError
-    from core.splits import MANIFEST_NAME
-
     found = []
     for run in runs:
         manifest = run.path / MANIFEST_NAME
@@ -144,9 +130,6 @@ def runs_with_saved_splits(runs: list[Run], root: str) -> list[Run]:
 def run_test_images(run: Run) -> list[tuple[str, int]]:
     """The run's test images as ``(source, label)``: from the manifest it is evaluated on (``core.splits.test_manifest``:
     a starter's test-films.json, else splits.json), else (older runs) metrics.json."""
-    from core.datasets import DatasetError
-    from core.splits import test_manifest
-
     manifest = test_manifest(run.path)
     try:
         return _saved_test_split(str(manifest), manifest.stat().st_mtime)[1]
@@ -157,10 +140,6 @@ def run_test_images(run: Run) -> list[tuple[str, int]]:
 
 def films_from_sample(run: Run) -> bool:
     """Whether the run's test films are the bundled sample's (a run trained on it, or a starter's test-films.json)."""
-    from core.datasets import DatasetError
-    from core.sample import sample_root
-    from core.splits import test_manifest
-
     manifest = test_manifest(run.path)
     try:
         root = _saved_test_split(str(manifest), manifest.stat().st_mtime)[0]
@@ -172,8 +151,6 @@ def films_from_sample(run: Run) -> bool:
 def run_predictions(run: Run) -> list[dict[str, Any]]:
     """metrics.json's per-image predictions with each file as a path on this machine (a run shipped with the
     repository saves paths relative to it)."""
-    from core.sample import local_path
-
     return [{**p, "file": local_path(p["file"])} for p in (run.metrics() or {}).get("predictions", [])]
 
 
@@ -196,14 +173,14 @@ _model_lock = threading.Lock()
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def load_model(path: str, modified: float):
     """A saved classifier, loaded once per file version and shared by all sessions."""
-    from core.model import load_model as load
+    from core.model.classifier import load_model as load  # heavy: Keras
 
     return load(path)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Preparing the explainer…")
 def explainer(path: str, modified: float, layer: str | None, threshold: float):
-    from core.explain import explainer_for
+    from core.evaluation.explain import explainer_for  # heavy: Keras, scikit-learn, TensorFlow
 
     return explainer_for(load_model(path, modified), layer=layer, threshold=threshold)
 
@@ -224,7 +201,7 @@ def explain_image(run_id: str, path: str, modified: float, image_hash: str, _ima
 @st.cache_data(max_entries=256, show_spinner="Checking the heatmap's faithfulness…")
 def faithfulness(run_id: str, path: str, modified: float, image_hash: str, _image: np.ndarray,
                  _cam: np.ndarray, method: str, layer: str, threshold: float) -> dict[str, Any]:
-    from core.explain import deletion_score
+    from core.evaluation.explain import deletion_score  # heavy: Keras, scikit-learn, TensorFlow
 
     return deletion_score(load_model(path, modified), _image, _cam, threshold=threshold)
 
@@ -232,15 +209,14 @@ def faithfulness(run_id: str, path: str, modified: float, image_hash: str, _imag
 @st.cache_resource(max_entries=16, show_spinner="Building the layer table…")
 def _skeleton(backbone: str, alpha: float | None):
     """The classifier without weights (parameter counts do not depend on weights or image size)."""
-    from core.config import ModelConfig
-    from core.model import build_classifier
+    from core.model.classifier import build_classifier  # heavy: Keras
 
     return build_classifier(ModelConfig(backbone=backbone, weights="none", alpha=alpha), 64)
 
 
 def layer_rows(model_cfg) -> list[dict[str, Any]]:
     """The per-block table for the fine-tune phase under the chosen unfreeze depth."""
-    from core.model import layer_table, set_trainable
+    from core.model.classifier import layer_table, set_trainable  # heavy: Keras
 
     model = _skeleton(model_cfg.backbone, model_cfg.alpha)
     with _model_lock:  # the skeleton is shared; set_trainable mutates it

@@ -7,8 +7,11 @@ from typing import Any
 import streamlit as st
 
 from core.config import PRESETS, RunConfig, preset
-from core.runs import Run, RunError, RunStore
+from core.data.sample import SAMPLE_LICENCE
+from core.evaluation.report import model_card, model_card_html
+from core.store.runs import Run, RunError, RunStore
 from dashboard.charts import run_title
+from dashboard.resources import sample_usable
 
 NOTICE = "**Research and education only — not for diagnosis.** Predictions and heatmaps must not guide patient care."
 SYNTHETIC_BADGE = ":orange-badge[synthetic]"
@@ -61,8 +64,6 @@ def data_citation(config: RunConfig, sample_films: bool = False) -> None:
     ``sample_films``: the films shown are the bundled sample's whatever the run trained on (a starter's test films).
     """
     if sample_films or config.data.source in ("sample", "kaggle"):
-        from core.sample import SAMPLE_LICENCE
-
         st.caption(f"Films: Kermany, Zhang, Goldbaum (2018), Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 "
                    f"(Cell 2018, doi:10.1016/j.cell.2018.02.010); {SAMPLE_LICENCE}"
                    + (", downsized for the bundled sample." if sample_films or config.data.source == "sample" else "."))
@@ -70,8 +71,6 @@ def data_citation(config: RunConfig, sample_films: bool = False) -> None:
 
 def model_card_downloads(run: Run, key: str) -> None:
     """Two buttons: the run's model card as Markdown and as HTML (``core.report``, read from the run folder)."""
-    from core.report import model_card, model_card_html
-
     markdown_col, html_col = st.columns(2)
     markdown_col.download_button("Model card (Markdown)", model_card(run), file_name=f"{run.id}-model-card.md",
                                  mime="text/markdown", key=f"{key}-card-md", icon=":material/description:",
@@ -164,8 +163,6 @@ def init_settings() -> None:
     """
     saved = st.session_state.setdefault("_saved_settings", {})
     if not saved:
-        from dashboard.resources import sample_usable
-
         # The real sample first; the synthetic set when the sample is missing or damaged (the Data page says so).
         first = DEFAULT_PRESET if sample_usable() else FALLBACK_PRESET
         saved.update(settings_of(preset(first)))

@@ -6,9 +6,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.config import AugmentConfig
-from core.datasets import CLASS_NAMES, DatasetError, download_kaggle, patient_overlap
-from core.images import ImageLoadError, image_size_spread, load_image
-from core.splits import MANIFEST_NAME, folder_changes, read_manifest
+from core.data.datasets import CLASS_NAMES, DatasetError, download_kaggle, patient_overlap
+from core.data.images import ImageLoadError, image_size_spread, load_image, unreadable_files
+from core.data.splits import MANIFEST_NAME, folder_changes, read_manifest
 from dashboard import charts, resources, state
 
 SOURCES = {"sample": "Real sample (bundled)", "demo": "Built-in demo (synthetic)", "folder": "Local folder",
@@ -22,7 +22,7 @@ source = st.radio("Source", list(SOURCES), key="cfg.data.source", format_func=SO
 root: str | None = None
 sample = resources.sample_check()
 if source == "sample":
-    from core.sample import SAMPLE_CHANGES, SAMPLE_CITATION, SAMPLE_LICENCE, sample_root
+    from core.data.sample import SAMPLE_CHANGES, SAMPLE_CITATION, SAMPLE_LICENCE, sample_root
 
     if sample.problem:
         st.error(f"{sample.summary()}. Restore it with `git checkout -- sample/`; until then the synthetic demo set "
@@ -134,8 +134,6 @@ else:
 @st.fragment
 def decode_check(paths: list[str], key: str) -> None:
     """Decode every image once, as training will, and list the ones that fail (on request: it reads every file)."""
-    from core.images import unreadable_files
-
     if st.button(f"Check that all {len(paths):,} images decode", key=f"decode-{key}", icon=":material/fact_check:",
                  help="Reads and decodes every file (JPEG draft mode keeps it quick); truncated or damaged files are "
                       "listed here instead of being skipped during training."):
@@ -243,7 +241,7 @@ def augmentation_preview(paths: list[str]) -> None:
     except ImageLoadError as exc:
         grid.error(f"Cannot preview {paths[position]}: {exc}")
         return
-    from core.augment import preview  # imports TensorFlow: only once the page is on screen
+    from core.data.augment import preview  # imports TensorFlow: only once the page is on screen
 
     with grid:
         versions = preview(image, cfg, n=8, seed=int(st.session_state.get("augment_seed", 0)))
@@ -254,7 +252,7 @@ def augmentation_preview(paths: list[str]) -> None:
         if not cfg.active:
             st.caption("All augmentation is off: training sees the images as they are.")
         else:
-            from core.augment import one_at_a_time
+            from core.data.augment import one_at_a_time  # heavy: Keras
 
             with st.expander("Each augmentation on its own"):
                 for label, alone in one_at_a_time(cfg):

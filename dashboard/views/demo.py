@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.datasets import CLASS_NAMES
-from core.images import ImageLoadError, load_image, read_image
+from core.data.datasets import CLASS_NAMES
+from core.data.images import ImageLoadError, load_image, read_image
 from dashboard import charts, resources, state
 
 ORDERS = ("Misclassified first", "Highest P(pneumonia) first", "Lowest P(pneumonia) first", "File name")
@@ -173,7 +173,7 @@ probability = result["probability"]
 pneumonia = probability >= threshold
 
 # ---------------------------------------------------------------------------------- film and heatmap
-from core.explain import cam_on_film, overlay  # noqa: E402  (TensorFlow: loaded with the model above)
+from core.evaluation.overlay import cam_on_film, overlay  # noqa: E402  (TensorFlow: loaded with the model above)
 
 zoom = st.session_state.get("demo_zoom", 1.0)
 across, down = st.session_state.get("demo_across", 0.5), st.session_state.get("demo_down", 0.5)
@@ -202,7 +202,7 @@ with verdict:
     if zoom > 1:
         st.slider("Across (left → right)", 0.0, 1.0, 0.5, 0.05, key="demo_across")
         st.slider("Down (top → bottom)", 0.0, 1.0, 0.5, 0.05, key="demo_down")
-    from core.report import CaseReport, case_png
+    from core.evaluation.report import CaseReport, case_png
 
     whole = for_screen(gray)
     sample_films = resources.films_from_sample(run)  # a starter shows the bundled sample's films

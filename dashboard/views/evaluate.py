@@ -7,10 +7,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.datasets import CLASS_NAMES
-from core.ensemble import member_ids
-from core.evaluate import compute_metrics
-from core.splits import TEST_FILMS_NAME
+from core.data.datasets import CLASS_NAMES
+from core.data.splits import TEST_FILMS_NAME
+from core.evaluation.ensemble import member_ids
+from core.evaluation.metrics import compute_metrics
 from dashboard import charts, resources, state
 
 st.title("Evaluate")
@@ -91,7 +91,7 @@ with top_left:
     threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, step=0.001, key=slider_key, format="%.3f",
                           help="An image is called PNEUMONIA when its probability is at least the threshold.")
 with top_right:
-    from core.threshold import describe_threshold_rule
+    from core.config.catalog import describe_threshold_rule
 
     rule = describe_threshold_rule(info["method"], info.get("target_sensitivity") or 0.95) if info.get("method") else "?"
     st.caption(f"Run's threshold: **{run_threshold:.3f}**  \nrule, fixed before training: {rule}; chosen on "
@@ -225,7 +225,7 @@ st.subheader("Shortcut audit")
 st.caption("Does the model read the film's edges — laterality markers, burnt-in text, collimation — rather than the "
            "lungs? Such shortcuts are documented for chest X-ray models (Zech et al., PLOS Medicine 2018; DeGrave, "
            "Janizek & Lee, Nature Machine Intelligence 2021).")
-from core.audit import audit_picture, audit_reading, read_audit, shortcut_audit  # noqa: E402
+from core.evaluation.audit import audit_picture, audit_reading, read_audit, shortcut_audit  # noqa: E402
 
 audit = read_audit(run)
 if audit is None:
@@ -233,8 +233,8 @@ if audit is None:
                 "(the outer 10 % of each side), then evaluates the test images again with that band set to black. It "
                 "is saved with the run (audit.json), so it runs once.")
     if st.button("Run the shortcut audit", icon=":material/policy:", key=f"audit-{run.id}", type="primary"):
-        from core.datasets import DatasetError
-        from core.runs import RunError
+        from core.data.datasets import DatasetError
+        from core.store.runs import RunError
 
         bar = st.progress(0.0, text="Starting the audit…")
         try:

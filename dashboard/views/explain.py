@@ -6,8 +6,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.datasets import CLASS_NAMES
-from core.images import ImageLoadError, load_image, read_image
+from core.data.datasets import CLASS_NAMES
+from core.data.images import ImageLoadError, load_image, read_image
 from dashboard import charts, resources, state
 
 st.title("Explain")
@@ -60,8 +60,9 @@ except ImageLoadError as exc:
 image_hash = resources.digest(image.tobytes())
 
 # ---------------------------------------------------------------------------------- method and layer
-from core.ensemble import member_ids as ensemble_members  # noqa: E402
-from core.explain import CAM_METHODS, COLORMAPS, ENSEMBLE_LAYER, cam_layer_choices, colorize, overlay  # noqa: E402  (TensorFlow)
+from core.evaluation.ensemble import member_ids as ensemble_members  # noqa: E402
+from core.evaluation.explain import CAM_METHODS, ENSEMBLE_LAYER, cam_layer_choices  # noqa: E402  (TensorFlow)
+from core.evaluation.overlay import COLORMAPS, colorize, overlay
 
 path, modified = resources.model_key(run)
 try:

@@ -6,10 +6,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.backbones import BACKBONES
-from core.ensemble import member_ids
-from core.runs import Run, RunError
-from core.sweep import list_sweeps, sweep_of_runs
+from core.config import BACKBONES
+from core.evaluation.ensemble import member_ids
+from core.jobs.sweep import list_sweeps, sweep_of_runs
+from core.store.runs import Run, RunError
 from dashboard import charts, state
 
 EXPORT_FORMATS = {"keras": ("Keras (.keras)", "application/octet-stream"),
@@ -135,7 +135,7 @@ st.subheader("Download and delete")
 @st.cache_data(show_spinner=False, max_entries=16)
 def exported(run_id: str, modified: float, fmt: str) -> tuple[bytes, str]:
     """Export a run's model once per model version; returns the file's bytes and name."""
-    from core.export import export_run
+    from core.model.export import export_run  # heavy: Keras, TensorFlow
 
     path = export_run(state.store().get(run_id), fmt)
     return path.read_bytes(), path.name

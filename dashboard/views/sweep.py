@@ -9,11 +9,21 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.backbones import BACKBONES
-from core.config import AUGMENT_STRENGTHS, ConfigError
-from core.runs import Run, RunError
-from core.sweep import (AXIS_LABELS, MemberResult, Sweep, best_member, create_final_run, create_sweep, describe,
-                        list_sweeps, plan_members, sweep_results, validation_figures)
+from core.config import AUGMENT_STRENGTHS, BACKBONES, ConfigError
+from core.jobs.sweep import (
+    AXIS_LABELS,
+    MemberResult,
+    Sweep,
+    best_member,
+    create_final_run,
+    create_sweep,
+    describe,
+    list_sweeps,
+    plan_members,
+    sweep_results,
+    validation_figures,
+)
+from core.store.runs import Run, RunError
 from dashboard import charts, state
 
 BEST_COLOUR, OTHER_COLOUR = "#F58518", "#9BB5D1"

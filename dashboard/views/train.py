@@ -9,10 +9,12 @@ import pandas as pd
 import streamlit as st
 
 from core.config import PRESETS, ConfigError, RunConfig, preset
-from core.ensemble import create_seed_ensemble, member_ids
-from core.runs import Run, RunError, latest_epochs
-from core.sweep import list_sweeps
-from core.threshold import THRESHOLD_LABELS
+from core.config.catalog import THRESHOLD_LABELS
+from core.evaluation.ensemble import member_ids
+from core.jobs.ensemble import create_seed_ensemble
+from core.jobs.sweep import list_sweeps
+from core.store.runs import Run, RunError, latest_epochs
+from core.training.estimate import estimate_in_subprocess
 from dashboard import charts, resources, state
 
 IMAGE_SIZES = [32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512]
@@ -172,8 +174,6 @@ PRESET_TEXT = {
 @st.cache_data(show_spinner=False, max_entries=32)
 def estimate(config_json: str) -> dict:
     """A one-batch probe of the settings, in its own process: nothing trains, downloads or changes Keras here."""
-    from core.estimate import estimate_in_subprocess
-
     return estimate_in_subprocess(RunConfig.from_json(config_json), steps=1)
 
 
@@ -213,7 +213,7 @@ for column, name in zip(preset_columns, PRESETS):
 
 # ---------------------------------------------------------------------------------- settings
 st.subheader("Settings")
-from core.backbones import BACKBONES  # noqa: E402 - imports TensorFlow: only after the live run is on screen
+from core.config import BACKBONES  # noqa: E402
 
 
 def _backbone_changed() -> None:
@@ -254,7 +254,7 @@ with model_tab:
         if st.session_state["weights_choice"] == "file":
             st.text_input("Weights file (.h5 / .keras)", key="weights_file", placeholder="/path/to/weights_notop.h5")
         elif st.session_state["weights_choice"] == "imagenet":
-            from core.backbones import imagenet_file_name, keras_cache_dir
+            from core.model.weights import imagenet_file_name, keras_cache_dir
 
             file_name = imagenet_file_name(spec, st.session_state.get("cfg.model.alpha"))
             if (keras_cache_dir() / file_name).is_file():

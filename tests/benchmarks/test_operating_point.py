@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.operating_point import compare_rules, pick_default
-from core.threshold import THRESHOLD_METHODS
+from core.config.catalog import THRESHOLD_METHODS
 
 
 def _seed(seed: int, shift: float):

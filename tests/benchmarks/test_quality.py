@@ -341,7 +341,7 @@ def test_impossible_seed_settings_are_refused(flags):
 
 
 def test_unavailable_imagenet_weights_give_a_not_run_row(tmp_path, monkeypatch, cache_dir, capsys):
-    from core import backbones
+    from core.model import backbones
 
     def offline(*_args, **_kwargs):
         raise backbones.WeightsUnavailableError("ImageNet weights for VGG16 are unavailable: offline test")
@@ -360,7 +360,7 @@ def test_unavailable_imagenet_weights_give_a_not_run_row(tmp_path, monkeypatch, 
 
 @pytest.mark.slow
 def test_tiny_demo_run_lands_in_the_store_and_the_table_matches_its_metrics(tmp_path, cache_dir):
-    from core.runs import RunStore
+    from core.store.runs import RunStore
 
     out = tmp_path / "report.md"
     code = quality.main(["--data", "demo", "--rows", "small-cnn-scratch", "--image-size", "32", "--seeds", "1",
@@ -380,8 +380,8 @@ def test_tiny_demo_run_lands_in_the_store_and_the_table_matches_its_metrics(tmp_
 @pytest.mark.slow
 def test_two_seeds_and_their_ensemble_end_to_end_with_portable_results(tmp_path, cache_dir):
     """The smoke settings of the issue: 2 seeds + their ensemble, copied results, summary, report, no machine paths."""
-    from core.ensemble import is_ensemble, member_ids
-    from core.runs import RunStore
+    from core.evaluation.ensemble import is_ensemble, member_ids
+    from core.store.runs import RunStore
 
     out, results, store = tmp_path / "report.md", tmp_path / "results", RunStore(tmp_path / "runs")
     code = quality.main(["--seeds", "2", "--max-images-per-class", "20", "--max-test-images-per-class", "10",
@@ -455,10 +455,11 @@ def test_weights_in_the_keras_cache_are_found_by_imagenet(tmp_path, keras_weight
     os.symlink(source, tmp_path / "models" / source.name)
     script = textwrap.dedent(f"""
         import numpy as np
-        from core.backbones import BACKBONES, load_imagenet_reference
+        from core.config import BACKBONES
+        from core.model.backbones import build_reference, load_imagenet_reference
         spec = BACKBONES["mobilenet"]
         cached = load_imagenet_reference(spec, 224, 0.25)
-        from_file = spec.build_reference(224, {str(source)!r}, 0.25)
+        from_file = build_reference(spec, 224, {str(source)!r}, 0.25)
         assert all(np.array_equal(a, b) for a, b in zip(cached.get_weights(), from_file.get_weights()))
         print("same weights")
     """)

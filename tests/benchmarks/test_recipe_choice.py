@@ -42,7 +42,7 @@ def test_a_candidate_with_a_missing_seed_gets_no_verdict():
 
 def test_rows_are_trained_without_test_and_tested_runs_of_the_same_settings_are_reused(tmp_path, cache_dir,
                                                                                        keras_weights_dir):
-    from core.runs import RunStore
+    from core.store.runs import RunStore
 
     store = RunStore(tmp_path / "runs")
     common = ["--data", "demo", "--image-size", "64", "--head-epochs", "1", "--finetune-epochs", "1",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.config import preset
-from core.runs import RunStore
+from core.store.runs import RunStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,8 +29,8 @@ def make_finished_run(store: RunStore, demo_root: Path):
     """A finished small-CNN run: real model.keras, history over two phases, metrics.json on real demo files."""
     import keras  # noqa: F401  (TensorFlow only for the prepared model)
 
-    from core.evaluate import compute_metrics
-    from core.model import build_classifier
+    from core.evaluation.metrics import compute_metrics
+    from core.model.classifier import build_classifier
 
     config = preset("Quick CPU demo").with_overrides(**{"name": "finished-demo", "train.head.epochs": 1,
                                                          "train.finetune.epochs": 2})
@@ -67,7 +67,7 @@ def make_failed_run(store: RunStore):
 
 
 # A stand-in trainer: it owns status.json from here on and keeps its heartbeat fresh, as a trainer does.
-STAND_IN = ("import sys, time; from core.runs import Run, StatusWriter; "
+STAND_IN = ("import sys, time; from core.store.runs import Run; from core.store.heartbeat import StatusWriter; "
             "StatusWriter(Run(sys.argv[1]), interval=1.0).start(); time.sleep(600)")
 
 
@@ -89,7 +89,7 @@ def make_running_run(store: RunStore):
 
 @pytest.fixture(scope="session")
 def demo_root(cache_dir) -> Path:
-    from core.demo import ensure_demo_dataset
+    from core.data.demo import ensure_demo_dataset
 
     return ensure_demo_dataset(images_per_class=preset("Quick CPU demo").data.demo_images_per_class)
 

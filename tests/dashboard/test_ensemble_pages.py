@@ -5,9 +5,10 @@ import pytest
 from test_pages import metric, open_page, texts
 
 from core.config import preset
-from core.ensemble import build_ensemble, create_seed_ensemble, member_ids
-from core.explain import ENSEMBLE_LAYER
-from core.runs import RunStore
+from core.jobs.ensemble import build_ensemble, create_seed_ensemble
+from core.evaluation.ensemble import member_ids
+from core.evaluation.explain import ENSEMBLE_LAYER
+from core.store.runs import RunStore
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ from PIL import Image
 from test_pages import metric, open_page, texts
 
 from core.config import preset
-from core.datasets import CLASS_NAMES, parse_patient
-from core.images import decode_image, load_image
-from core.runs import RunStore
-from core.splits import saved_splits
+from core.data.datasets import CLASS_NAMES, parse_patient
+from core.data.images import decode_image, load_image
+from core.store.runs import RunStore
+from core.data.splits import saved_splits
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -49,7 +49,7 @@ def _tiny_real_set(real_data: Path, root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained_on_real_films(tmp_path_factory, real_data):
     """A one-epoch small CNN trained and evaluated through the trainer on the tiny real set."""
-    from core.train import run_and_record
+    from core.jobs.run import run_and_record
 
     root = tmp_path_factory.mktemp("films")
     made = _tiny_real_set(real_data, root / "chest_xray")
@@ -98,9 +98,9 @@ def medmnist_run(tmp_path_factory, medmnist_npz):
     """A PneumoniaMNIST run as the trainer leaves it: splits.json, an (untrained) model, threshold, metrics.json."""
     import keras
 
-    from core.evaluate import evaluate_run
-    from core.model import build_classifier
-    from core.splits import run_splits
+    from core.evaluation.evaluate import evaluate_run
+    from core.model.classifier import build_classifier
+    from core.data.splits import run_splits
 
     config = preset("Quick CPU demo").with_overrides(**{
         "name": "pneumoniamnist", "data.source": "medmnist", "data.path": str(medmnist_npz),

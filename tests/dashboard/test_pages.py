@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.datasets import find_dataset
-from core.images import ImageLoadError, decode_image
-from core.evaluate import compute_metrics
+from core.data.datasets import find_dataset
+from core.data.images import ImageLoadError, decode_image
+from core.evaluation.metrics import compute_metrics
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 
@@ -117,8 +117,8 @@ def test_data_page_compares_the_folder_with_a_runs_saved_splits(tmp_path, empty_
     from image_samples import touch_images
 
     from core.config import preset
-    from core.runs import RunStore
-    from core.splits import run_splits
+    from core.store.runs import RunStore
+    from core.data.splits import run_splits
 
     folder = tmp_path / "set"
     touch_images(folder / "NORMAL", [f"IM-{k:04d}-0001.png" for k in range(10)])
@@ -176,7 +176,7 @@ def test_a_preset_keeps_the_real_data_folder_chosen_on_the_data_page(empty_env, 
 
 
 def test_start_creates_a_run_from_the_settings_and_launches_it(empty_env, monkeypatch):
-    from core.runs import Run, RunStore
+    from core.store.runs import Run, RunStore
 
     launched = []
     monkeypatch.setattr(Run, "launch", lambda self, resume=False, env=None: launched.append(self.id) or 12345)
@@ -189,8 +189,8 @@ def test_start_creates_a_run_from_the_settings_and_launches_it(empty_env, monkey
 
 
 def test_three_seeds_start_an_ensemble_of_three_members_sharing_one_split(empty_env, monkeypatch):
-    from core.ensemble import member_ids
-    from core.runs import Run, RunStore
+    from core.evaluation.ensemble import member_ids
+    from core.store.runs import Run, RunStore
 
     launched = []
     monkeypatch.setattr(Run, "launch", lambda self, resume=False, env=None: launched.append(self.id) or 12345)
@@ -208,7 +208,7 @@ def test_three_seeds_start_an_ensemble_of_three_members_sharing_one_split(empty_
 
 def test_time_estimate_is_measured_in_its_own_process(empty_env, monkeypatch):
     """The page asks a ``python -m core.train --estimate`` process: it never trains or sets Keras's dtype policy itself."""
-    import core.estimate
+    import core.training.estimate
 
     asked = []
 
@@ -251,7 +251,7 @@ def test_live_panel_says_which_phases_were_cached(finished_only_env):
 
 
 def test_live_panel_says_when_a_collapsed_fine_tune_gave_way_to_the_head(finished_only_env):
-    from core.train import kept_phase
+    from core.training.fit import kept_phase
 
     run = finished_only_env["finished"]
     rows = [{"type": "epoch", "phase": "head", "best": True, "val_auc": 0.97, "val_loss": 0.2},
@@ -306,7 +306,7 @@ def test_evaluate_shows_the_metrics_at_the_runs_threshold(runs_env):
 
 
 def test_evaluate_says_which_test_images_were_skipped_and_why(finished_only_env):
-    from core.splits import FolderChanges
+    from core.data.splits import FolderChanges
 
     run = finished_only_env["finished"]
     metrics = run.metrics()

@@ -8,10 +8,10 @@ import pytest
 from test_pages import metric, open_page, texts
 
 from core.config import preset
-from core.evaluate import compute_metrics
-from core.runs import STARTER_MARKER, RunStore
-from core.sample import local_path, portable_path, sample_root
-from core.splits import run_splits
+from core.evaluation.metrics import compute_metrics
+from core.store.runs import STARTER_MARKER, RunStore
+from core.data.sample import local_path, portable_path, sample_root
+from core.data.splits import run_splits
 
 
 def _tiny_sample_config():
@@ -25,7 +25,7 @@ def make_starter(root):
     """A finished run of the sample in a store of its own, marked as the shipped starter (starter.json)."""
     import keras  # noqa: F401  (TensorFlow only for the prepared model)
 
-    from core.model import build_classifier
+    from core.model.classifier import build_classifier
 
     config = _tiny_sample_config()
     store = RunStore(root)
@@ -138,7 +138,7 @@ def test_evaluate_runs_the_shortcut_audit_once_and_offers_the_model_card(starter
     assert {"Model card (Markdown)", "Model card (HTML)"} <= {b.label for b in at.get("download_button")}
     at.button(key=f"audit-{starter_env.id}").click().run()
     assert not at.exception and (starter_env.path / "audit.json").is_file()
-    from core.audit import uniform_border_share
+    from core.evaluation.audit import uniform_border_share
 
     assert metric(at, "A uniform map would put") == f"{100 * uniform_border_share(32):.0f} %"
     assert metric(at, "Test ROC AUC") == f"{starter_env.read_json('audit.json')['auc']:.3f}"
@@ -167,7 +167,7 @@ def test_a_damaged_or_incomplete_starter_is_reported(starter_store, tmp_path, mo
 @pytest.fixture
 def shipped_env(tmp_path, monkeypatch, cache_dir):
     """A run store holding only a copy of the shipped EfficientNet-Lite0 starter, as on a fresh clone."""
-    from core.sample import REPO_ROOT
+    from core.config.paths import REPO_ROOT
 
     store = RunStore(tmp_path / "models")
     shutil.copytree(REPO_ROOT / "models" / "starter-efficientnet-lite0", store.root / "starter-efficientnet-lite0")
@@ -192,7 +192,7 @@ def test_explain_and_demo_open_on_the_shipped_starter_with_its_stored_probabilit
 
 
 def test_evaluate_and_the_model_card_say_which_test_set_each_figure_is_on(shipped_env):
-    from core.report import model_card
+    from core.evaluation.report import model_card
 
     run, _ = shipped_env
     official = run.official_test_metrics()

@@ -12,8 +12,8 @@ from conftest import REPO, STAND_IN
 from test_pages import open_page, plotly_spec, texts
 
 from core.config import preset
-from core.runs import Run, RunStore
-from core.sweep import Sweep, create_sweep
+from core.store.runs import Run, RunStore
+from core.jobs.sweep import Sweep, create_sweep
 
 QUALITY = {1: 0.55, 2: 0.9, 3: 0.7}  # member 2 is the best on validation
 FAILED = "the trainer process ended with exit code 1 without reporting (it crashed or was killed)"
@@ -149,7 +149,7 @@ def test_runs_groups_members_and_evaluate_explains_why_a_member_has_no_test_figu
     table = at.dataframe[0].value
     assert table["sweep"].tolist() == [f"pages #{i}" for i in (1, 2, 3, 4)]
 
-    from core.model import build_classifier
+    from core.model.classifier import build_classifier
 
     config = runs[1].config()
     build_classifier(config.model, config.data.image_size).save(runs[1].model_path)  # a member's model, no metrics
