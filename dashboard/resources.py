@@ -16,11 +16,13 @@ import streamlit as st
 
 from core.config import ModelConfig
 from core.data.datasets import CLASS_NAMES, DatasetError, find_dataset
+from core.data.decode import ImageLoadError
 from core.data.demo import ensure_demo_dataset
-from core.data.images import ImageLoadError, prepare_image, read_image, resize_gray
+from core.data.images import prepare_image, read_image, resize_gray
 from core.data.sample import check_sample, local_path, sample_root
 from core.data.splits import MANIFEST_NAME, read_manifest, test_manifest
-from core.store.runs import HistoryTail, Run
+from core.store.files import HistoryTail
+from core.store.runs import Run
 
 # File types the uploaders accept (read by core.images.load_image, in memory only).
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "tif", "tiff", "webp"]

@@ -3,16 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.config.settings import (
-    AugmentConfig,
-    ConfigError,
-    DataConfig,
-    ModelConfig,
-    PhaseConfig,
-    RunConfig,
-    TrainConfig,
-    augment_strength,
-)
+from core.config.settings import (AugmentConfig, ConfigError, DataConfig, ModelConfig, PhaseConfig, RunConfig,
+                                  TrainConfig, augment_strength)
 
 __all__ = ["PRESETS", "preset"]
 

@@ -15,8 +15,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from core.config.paths import REPO_ROOT
-from core.data.images import IMAGE_EXTENSIONS
+from core.data.decode import IMAGE_EXTENSIONS
 
 __all__ = [
     "CLASS_NAMES",

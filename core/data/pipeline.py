@@ -14,7 +14,8 @@ import numpy as np
 
 from core.config import AugmentConfig
 from core.data.datasets import ImageRecord
-from core.data.images import ImageLoadError, model_pixels
+from core.data.decode import ImageLoadError
+from core.data.images import model_pixels
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -11,25 +11,17 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from core.data.datasets import (
-    CLASS_NAMES,
-    EXPECTED_LAYOUT,
-    DatasetError,
-    DatasetIndex,
-    ImageRecord,
-    download_kaggle,
-    find_dataset,
-    index_medmnist,
-    index_path,
-)
-from core.data.images import ImageLoadError, source_digest
+from core.data.datasets import (CLASS_NAMES, EXPECTED_LAYOUT, DatasetError, DatasetIndex, ImageRecord, download_kaggle,
+                                find_dataset, index_medmnist, index_path)
+from core.data.decode import ImageLoadError
+from core.data.images import source_digest
 
 if TYPE_CHECKING:
     from core.config import DataConfig, RunConfig
 
 from core.data.demo import ensure_demo_dataset
 from core.data.sample import check_sample, local_path, portable_path, sample_root
-from core.store.runs import atomic_write_text
+from core.store.files import atomic_write_text
 
 __all__ = [
     "MANIFEST_NAME",

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from core.data.datasets import CLASS_NAMES
-from core.data.images import ImageLoadError, load_image
+from core.data.decode import ImageLoadError
+from core.data.images import load_image
 from core.evaluation.overlay import overlay
 from core.store.runs import RunError, RunStore
 

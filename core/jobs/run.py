@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.config import ConfigError
 from core.data.datasets import DatasetError
-from core.data.images import ImageLoadError
+from core.data.decode import ImageLoadError
 from core.data.pipeline import make_dataset
 from core.evaluation.ensemble import is_ensemble
 from core.evaluation.evaluate import choose_run_threshold, evaluate_run

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -27,13 +26,8 @@ from typing import Any, Iterator
 
 from core.config import RunConfig
 from core.config.paths import REPO_ROOT
-from core.store.status import (
-    ACTIVE_STATES,
-    HOST,
-    RESUMABLE_STATES,
-    RunStatus,
-    judge_status,
-)
+from core.store.files import atomic_write_text, json_default, latest_epochs, read_jsonl
+from core.store.status import ACTIVE_STATES, HOST, RESUMABLE_STATES, RunStatus, judge_status
 from core.store.status import now_iso as _now
 from core.store.status import process_alive, process_start_time, signal_trainer, trainer_gone
 
@@ -82,86 +76,6 @@ def default_store_root() -> Path:
     return Path(os.environ.get("CXR_STUDIO_RUNS") or REPO_ROOT / "models")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and rename, so readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_lines(text: str) -> list[dict[str, Any]]:
-    """The JSON rows of ``text``, one per line; blank lines and lines that do not parse (torn by a crash) are skipped."""
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # torn write at the end of the file, or a line cut by a crash
-    return rows
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All complete JSON lines of a file; a torn (partly written) last line is ignored."""
-    if not path.exists():
-        return []
-    return _json_lines(path.read_text(errors="replace"))
-
-
-class HistoryTail:
-    """A history file read incrementally: each :meth:`rows` call parses only the complete lines appended since the last.
-
-    A viewer that polls a live run (the Train page, every refresh) keeps one per run instead of re-reading and
-    re-parsing the whole file each time. A file that was replaced (a resume truncates it by an atomic rewrite) or
-    shrank is read again from the start. Safe to share between threads.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._rows: list[dict[str, Any]] = []
-        self._offset = 0
-        self._identity: tuple[int, int] | None = None
-        self._lock = threading.Lock()
-
-    def rows(self) -> list[dict[str, Any]]:
-        with self._lock:
-            try:
-                info = os.stat(self.path)
-            except FileNotFoundError:
-                self._rows, self._offset, self._identity = [], 0, None
-                return []
-            identity = (info.st_dev, info.st_ino)
-            if identity != self._identity or info.st_size < self._offset:
-                self._rows, self._offset, self._identity = [], 0, identity
-            if info.st_size > self._offset:
-                with open(self.path, "rb") as handle:
-                    handle.seek(self._offset)
-                    data = handle.read(info.st_size - self._offset)
-                complete = data.rfind(b"\n") + 1  # a torn last line waits for its end
-                self._rows += _json_lines(data[:complete].decode(errors="replace"))
-                self._offset += complete
-            return list(self._rows)
-
-
-def latest_epochs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-epoch rows of a history, one per epoch number (the latest wins after a resume), in epoch order."""
-    by_epoch: dict[int, dict[str, Any]] = {}
-    for row in rows:
-        if row.get("type") == "epoch":
-            by_epoch[int(row["epoch"])] = row
-    return [by_epoch[key] for key in sorted(by_epoch)]
-
-
 class Run:
     """One run folder: ``config.json``, ``status.json``, ``history.jsonl``, ``model.keras``, … ."""
 
@@ -204,7 +118,7 @@ class Run:
             return None  # only possible for files written outside this API
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_text(self.path / name, json.dumps(obj, indent=2, default=_json_default))
+        atomic_write_text(self.path / name, json.dumps(obj, indent=2, default=json_default))
 
     # --- config / status / history ----------------------------------------------------------
     def config(self) -> RunConfig:
@@ -231,7 +145,7 @@ class Run:
 
     def append_history(self, entry: dict[str, Any]) -> None:
         """Append one JSON line (one write call, flushed), so a crash can tear only the last line."""
-        line = json.dumps({"time": time.time(), **entry}, default=_json_default) + "\n"
+        line = json.dumps({"time": time.time(), **entry}, default=json_default) + "\n"
         with open(self.history_path, "a") as handle:
             handle.write(line)
             handle.flush()
@@ -442,12 +356,3 @@ class RunStore:
         if run.status().active or run.live_trainer():
             raise RunError(f"run {run_id} is still running; stop it first")
         shutil.rmtree(run.path)
-
-
-def _json_default(obj: Any) -> Any:
-    """numpy scalars/arrays and paths in JSON."""
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

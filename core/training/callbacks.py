@@ -23,8 +23,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core.store.files import atomic_write_text
 from core.store.heartbeat import StatusWriter
-from core.store.runs import Run, StopRequested, atomic_write_text
+from core.store.runs import Run, StopRequested
 from core.training.cluster import agreed_flag
 
 __all__ = ["MONITOR_MODES", "ExactValAUC", "ClassifierCheckpoint", "ResumedEarlyStopping", "AtomicBackupAndRestore",

@@ -278,13 +278,8 @@ def _train_phase(run: Run, writer: StatusWriter, model, strategy, plan, config: 
     import keras  # heavy: Keras
 
     from core.model.classifier import load_model, set_trainable  # heavy: Keras
-    from core.training.callbacks import (  # heavy: Keras, TensorFlow
-        AgreedStop,
-        PhaseCheckpoints,
-        committed_epoch,
-        crash_point,
-        phase_callbacks,
-    )
+    from core.training.callbacks import (AgreedStop, PhaseCheckpoints, committed_epoch,  # heavy: Keras, TensorFlow
+                                         crash_point, phase_callbacks)
 
     start, end, committed = epochs
     checkpoints = PhaseCheckpoints(run.path / "checkpoints", name)
@@ -341,12 +336,8 @@ def _train_phase(run: Run, writer: StatusWriter, model, strategy, plan, config: 
 def _phase_inputs(model, name: str, phase: PhaseConfig, config: RunConfig, plan, batch: int,
                   train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]):
     """The model to fit and its data for one phase: cached frozen outputs when that is exact, else images."""
-    from core.data.frozen import (  # heavy: Keras, TensorFlow
-        cache_plan,
-        features_dataset,
-        frozen_features,
-        split_at_freeze_boundary,
-    )
+    from core.data.frozen import (cache_plan, features_dataset, frozen_features,  # heavy: Keras, TensorFlow
+                                  split_at_freeze_boundary)
 
     augment_active = phase.augment and config.augment.active
     split = split_at_freeze_boundary(model) if config.train.cache_frozen_features else None

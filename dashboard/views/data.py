@@ -7,7 +7,8 @@ import streamlit as st
 
 from core.config import AugmentConfig
 from core.data.datasets import CLASS_NAMES, DatasetError, download_kaggle, patient_overlap
-from core.data.images import ImageLoadError, image_size_spread, load_image, unreadable_files
+from core.data.decode import ImageLoadError
+from core.data.images import image_size_spread, load_image, unreadable_files
 from core.data.splits import MANIFEST_NAME, folder_changes, read_manifest
 from dashboard import charts, resources, state
 

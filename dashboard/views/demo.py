@@ -7,7 +7,8 @@ import numpy as np
 import streamlit as st
 
 from core.data.datasets import CLASS_NAMES
-from core.data.images import ImageLoadError, load_image, read_image
+from core.data.decode import ImageLoadError
+from core.data.images import load_image, read_image
 from dashboard import charts, resources, state
 
 ORDERS = ("Misclassified first", "Highest P(pneumonia) first", "Lowest P(pneumonia) first", "File name")

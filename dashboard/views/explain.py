@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data.datasets import CLASS_NAMES
-from core.data.images import ImageLoadError, load_image, read_image
+from core.data.decode import ImageLoadError
+from core.data.images import load_image, read_image
 from dashboard import charts, resources, state
 
 st.title("Explain")

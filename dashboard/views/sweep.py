@@ -10,19 +10,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.config import AUGMENT_STRENGTHS, BACKBONES, ConfigError
-from core.jobs.sweep import (
-    AXIS_LABELS,
-    MemberResult,
-    Sweep,
-    best_member,
-    create_final_run,
-    create_sweep,
-    describe,
-    list_sweeps,
-    plan_members,
-    sweep_results,
-    validation_figures,
-)
+from core.jobs.sweep import (AXIS_LABELS, MemberResult, Sweep, best_member, create_final_run, create_sweep, describe,
+                             list_sweeps, plan_members, sweep_results, validation_figures)
 from core.store.runs import Run, RunError
 from dashboard import charts, state
 

@@ -13,7 +13,8 @@ from core.config.catalog import THRESHOLD_LABELS
 from core.evaluation.ensemble import member_ids
 from core.jobs.ensemble import create_seed_ensemble
 from core.jobs.sweep import list_sweeps
-from core.store.runs import Run, RunError, latest_epochs
+from core.store.files import latest_epochs
+from core.store.runs import Run, RunError
 from core.training.estimate import estimate_in_subprocess
 from dashboard import charts, resources, state
 

@@ -213,7 +213,7 @@ def test_paths_of_this_machine_become_relative_or_placeholders(tmp_path):
                                   {"file": "../shared/data/medmnist/p.npz::test/3"}]
     assert out["note"] == "run <store>/r1 failed; see ." and out["n"] == 3 and out["id"] == "2026-quality"
     assert out["keep"] == f"{parent}x/y"  # only whole folder names match: {parent}x is another folder
-    assert [quality._portable_arg(a, roots) for a in (f"{store}/x", "--out=/elsewhere/r.md", "/elsewhere/r.md", "--seeds")] \
+    assert [quality.portable_arg(a, roots) for a in (f"{store}/x", "--out=/elsewhere/r.md", "/elsewhere/r.md", "--seeds")] \
         == ["<store>/x", "--out=…/r.md", "…/r.md", "--seeds"]
 
     run = tmp_path / "run"
@@ -240,7 +240,7 @@ def test_report_goes_into_its_data_sets_section(tmp_path):
 
 
 def test_rows_are_valid_configs_and_flags_override_them(tmp_path):
-    args = quality._parser().parse_args(["--image-size", "96", "--finetune-epochs", "2", "--max-images-per-class", "50"])
+    args = quality.build_parser().parse_args(["--image-size", "96", "--finetune-epochs", "2", "--max-images-per-class", "50"])
     for name, row in MEDMNIST_ROWS.items():
         config = quality.build_config(name, row, "medmnist", str(tmp_path / "x.npz"), args)
         assert (config.data.source, config.data.image_size, config.train.finetune.epochs) == ("medmnist", 96, 2)
@@ -253,11 +253,11 @@ def test_rows_are_valid_configs_and_flags_override_them(tmp_path):
         assert config.data.source == "folder" and config.data.validation == "patient_split"
     reference = quality.build_config("vgg16-imagenet", KAGGLE_ROWS["vgg16-imagenet"], "kaggle", str(tmp_path))
     assert (reference.model.backbone, reference.model.weights, reference.augment.active) == ("vgg16", "imagenet", True)
-    rule = quality._parser().parse_args(["--threshold-method", "youden_midpoint", "--target-sensitivity", "0.9"])
+    rule = quality.build_parser().parse_args(["--threshold-method", "youden_midpoint", "--target-sensitivity", "0.9"])
     fixed = quality.build_config("small-cnn-scratch", KAGGLE_ROWS["small-cnn-scratch"], "kaggle", str(tmp_path), rule)
     assert (fixed.train.threshold_method, fixed.train.target_sensitivity) == ("youden_midpoint", 0.9)
     with pytest.raises(SystemExit):
-        quality._parser().parse_args(["--threshold-method", "best-on-test"])
+        quality.build_parser().parse_args(["--threshold-method", "best-on-test"])
 
 
 def test_efficientnet_rows_are_the_issues_recipes(tmp_path):
@@ -305,7 +305,7 @@ def test_noaug_rows_differ_from_their_reference_only_in_the_fine_tune_augmentati
 
 def test_seeds_share_the_base_seeds_validation_split(tmp_path):
     base = quality.build_config("small-cnn-scratch", KAGGLE_ROWS["small-cnn-scratch"], "demo", "demo",
-                                quality._parser().parse_args(["--seed", "7"]))
+                                quality.build_parser().parse_args(["--seed", "7"]))
     members = [quality.seed_config(base, seed, 7, f"quality-demo-seed{seed}-x") for seed in (7, 8, 9)]
     assert [m.train.seed for m in members] == [7, 8, 9] and {m.split_seed for m in members} == {7}
     assert [m.name for m in members] == ["quality-demo-seed7-x", "quality-demo-seed8-x", "quality-demo-seed9-x"]
@@ -313,7 +313,7 @@ def test_seeds_share_the_base_seeds_validation_split(tmp_path):
 
 
 def test_row_selection_and_default_paths():
-    parse = quality._parser().parse_args
+    parse = quality.build_parser().parse_args
     assert [n for n, _ in quality.select_rows(parse([]), "kaggle")] == list(quality.KAGGLE_DEFAULT_ROWS)
     assert [n for n, _ in quality.select_rows(parse(["--medmnist"]), "medmnist")] == list(quality.MEDMNIST_DEFAULT_ROWS)
     assert quality.KAGGLE_DEFAULT_ROWS == ("efficientnet-lite2-imagenet-noaug", "mobilenet025-imagenet-noaug",

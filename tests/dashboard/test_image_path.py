@@ -12,7 +12,8 @@ from test_pages import metric, open_page, texts
 
 from core.config import preset
 from core.data.datasets import CLASS_NAMES, parse_patient
-from core.data.images import decode_image, load_image
+from core.data.decode import decode_image
+from core.data.images import load_image
 from core.store.runs import RunStore
 from core.data.splits import saved_splits
 

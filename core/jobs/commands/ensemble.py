@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from core.config import ConfigError, RunConfig, preset
 from core.evaluation.ensemble import member_ids
+from core.jobs.commands.arguments import add_store_flag
 from core.jobs.commands.startup import import_tensorflow_quietly
 from core.jobs.ensemble import create_ensemble, create_seed_ensemble
 from core.store.runs import RunError, RunStore
@@ -22,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="run config JSON for --seeds")
     p.add_argument("--preset", help="named preset for --seeds")
     p.add_argument("--name")
-    p.add_argument("--store", help="run store folder (default models/ or $CXR_STUDIO_RUNS)")
+    add_store_flag(p)
     return p
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.evaluation.evaluate import evaluate_run
+from core.jobs.commands.arguments import add_store_flag
 from core.jobs.commands.startup import import_tensorflow_quietly
 from core.store.runs import RunError, RunStore
 
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m core.evaluate RUN_ID [--store DIR]``: evaluate on the test split, print a table."""
     parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=main.__doc__)
     parser.add_argument("run_id")
-    parser.add_argument("--store", default=None, help="run store folder (default models/ or $CXR_STUDIO_RUNS)")
+    add_store_flag(parser)
     args = parser.parse_args(argv)
     import_tensorflow_quietly()
     try:

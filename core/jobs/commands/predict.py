@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from core.evaluation.predict import predict_files
+from core.jobs.commands.arguments import add_store_flag
 from core.jobs.commands.startup import import_tensorflow_quietly
 from core.store.runs import RunError, RunStore
 
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.predict",
                                      description="Classify chest X-rays with a trained run (research use only).")
     parser.add_argument("--run", required=True, help="run id in the store")
-    parser.add_argument("--store", default=None, help="run store folder (default models/ or $CXR_STUDIO_RUNS)")
+    add_store_flag(parser)
     parser.add_argument("--cam", choices=list(CAM_METHODS), default=None, help="also save a heatmap overlay")
     parser.add_argument("--out", default=None, help="folder for heatmap PNGs (default ./heatmaps)")
     parser.add_argument("--opacity", type=float, default=0.4, help="heatmap opacity 0..1")

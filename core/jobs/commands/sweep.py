@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import PRESETS, ConfigError, RunConfig, preset
+from core.jobs.commands.arguments import add_store_flag
 from core.jobs.commands.startup import import_tensorflow_quietly
 from core.jobs.commands.train import main as train_main
 from core.jobs.sweep.coordinator import run_sweep
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     old.add_argument("--final", metavar="SWEEP_ID", help="train the final run with the best settings; evaluated on test")
     old.add_argument("--member", metavar="RUN_ID", help="with --final: this member's settings instead of the best")
     old.add_argument("--list", action="store_true", help="list the sweeps of the store")
-    p.add_argument("--store", help="run store folder (default models/ or $CXR_STUDIO_RUNS)")
+    add_store_flag(p)
     return p
 
 

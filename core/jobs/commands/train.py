@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.config import PRESETS, AugmentConfig, ConfigError, RunConfig, preset
 from core.config.paths import REPO_ROOT
+from core.jobs.commands.arguments import add_store_flag
 from core.jobs.commands.startup import import_tensorflow_quietly
 from core.store.runs import Run, RunError, RunStore, lower_own_priority
 from core.training.cluster import ClusterError, ClusterTask
@@ -40,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--run-dir", help="train an existing run folder (used by the dashboard)")
     src.add_argument("--resume", nargs="?", const="", metavar="RUN_ID",
                      help="resume an interrupted run from its last completed epoch; without an id, list the resumable runs")
-    src.add_argument("--store", help="run store folder (default models/ or $CXR_STUDIO_RUNS)")
+    add_store_flag(src)
     src.add_argument("--estimate", action="store_true",
                      help="print the time estimate of the settings as JSON (a probe of a few batches; downloads nothing)")
     src.add_argument("--estimate-steps", type=int, default=2, help="timed batches per phase for --estimate")

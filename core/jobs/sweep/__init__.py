@@ -19,16 +19,7 @@ trained with the chosen settings sees the test split, once.
 from core.jobs.sweep.coordinator import Coordinator, member_slots, run_sweep, visible_gpus
 from core.jobs.sweep.grid import AXES, AXIS_LABELS, MAX_MEMBERS, RESERVED, describe, normalize_grid, plan_members
 from core.jobs.sweep.results import MemberResult, best_member, create_final_run, sweep_results, validation_figures
-from core.jobs.sweep.store import (
-    DONE,
-    ENDINGS,
-    SWEEP_FILE,
-    TO_RUN,
-    Sweep,
-    create_sweep,
-    get_sweep,
-    list_sweeps,
-    sweep_of_runs,
-)
+from core.jobs.sweep.store import (DONE, ENDINGS, SWEEP_FILE, TO_RUN, Sweep, create_sweep, get_sweep, list_sweeps,
+                                   sweep_of_runs)
 
 __all__ = ['MAX_MEMBERS', 'AXES', 'AXIS_LABELS', 'RESERVED', 'normalize_grid', 'describe', 'plan_members', 'SWEEP_FILE', 'TO_RUN', 'DONE', 'ENDINGS', 'Sweep', 'create_sweep', 'list_sweeps', 'get_sweep', 'sweep_of_runs', 'MemberResult', 'validation_figures', 'sweep_results', 'best_member', 'create_final_run', 'visible_gpus', 'member_slots', 'Coordinator', 'run_sweep']

@@ -9,7 +9,8 @@ from typing import Any
 
 from core.config import RunConfig
 from core.jobs.sweep.grid import normalize_grid, plan_members
-from core.store.runs import Run, RunError, RunStore, atomic_write_text
+from core.store.files import atomic_write_text
+from core.store.runs import Run, RunError, RunStore
 from core.store.status import HOST, judge_status, now_iso, process_alive, trainer_gone
 
 SWEEP_FILE = "sweep.json"

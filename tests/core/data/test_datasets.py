@@ -5,6 +5,7 @@ import pytest
 from image_samples import touch_images
 
 from core.data import datasets as datasets_mod
+from core.jobs.commands import data as data_command
 from core.data.datasets import DatasetError, find_dataset, parse_patient
 
 
@@ -85,20 +86,24 @@ def test_find_dataset_bad_folders(tmp_path, setup, words):
 
 
 def test_download_kaggle_fails_fast_offline(monkeypatch):
-    import time
+    import sys
+    import types
 
+    downloads, said = [], []
     monkeypatch.setattr(datasets_mod, "_online", lambda *a, **k: "OSError: network unreachable")
-    start = time.monotonic()
-    with pytest.raises(DatasetError, match="offline"):
-        datasets_mod.download_kaggle()
-    assert time.monotonic() - start < 2
+    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(
+        dataset_download=lambda *a, **k: downloads.append(a) or pytest.fail("kagglehub was asked to download")))
+    with pytest.raises(DatasetError, match="offline") as err:
+        datasets_mod.download_kaggle(progress=said.append)
+    assert "network unreachable" in str(err.value)  # the probe's own reason is passed on
+    assert downloads == [] and said == [], "offline, the download is never attempted (kagglehub would hang)"
 
 
 def test_cli_inspect(tmp_path, capsys):
     touch_images(tmp_path / "NORMAL", ["IM-0001-0001.png", "IM-0001-0002.png"])
     touch_images(tmp_path / "PNEUMONIA", ["person1_virus_1.png"])
-    assert datasets_mod.main(["inspect", str(tmp_path)]) == 0
+    assert data_command.main(["inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "NORMAL" in out and "patients" in out and "64/64/64" in out
-    assert datasets_mod.main(["inspect", str(tmp_path / "missing")]) == 2
+    assert data_command.main(["inspect", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err

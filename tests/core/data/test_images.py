@@ -11,7 +11,8 @@ import pytest
 from image_samples import dicom, encode, gradient
 from PIL import Image
 
-from core.data.images import ImageLoadError, decode_image, load_image, prepare_image
+from core.data.decode import ImageLoadError, decode_image
+from core.data.images import load_image, prepare_image
 
 
 # --------------------------------------------------------------------------- decoding: valid formats

