@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from core.config.paths import REPO_ROOT as REPO  # the one definition of the repository root
 from core.data.datasets import CLASS_NAMES as CLASSES  # the class folder names, defined once in core
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "CLASSES",
     "default_data",
     "base_parser",
+    "budget_flags",
     "machine",
     "loadavg",
     "timer",
@@ -32,19 +34,32 @@ __all__ = [
     "ours_precision",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def default_data() -> Path:
     """``../shared/data/chest_xray`` relative to the repository root (never an absolute path of one machine)."""
     return REPO.parent / "shared" / "data" / "chest_xray"
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="small settings that finish in under 5 minutes on 2 CPU cores")
-    p.add_argument("--data", type=Path, default=default_data(), help="Kaggle-layout chest_xray folder (default: %(default)s)")
-    p.add_argument("--out", type=Path, help="write the figures as JSON here (default: print only)")
+def base_parser(description: str, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+    """A benchmark's parser: ``--quick``, ``--data`` and ``--out``, then the flags of ``parents``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quick", action="store_true",
+                        help="small settings that finish in under 5 minutes on 2 CPU cores")
+    common.add_argument("--data", type=Path, default=default_data(),
+                        help="Kaggle-layout chest_xray folder (default: %(default)s)")
+    common.add_argument("--out", type=Path, help="write the figures as JSON here (default: print only)")
+    return argparse.ArgumentParser(description=description, parents=[common, *parents])
+
+
+def budget_flags() -> argparse.ArgumentParser:
+    """A parent parser: how much training a member gets in benchmarks.sweep and benchmarks.augmentation (image size,
+    films per class, epochs per phase), with the defaults both apply (``--quick`` in brackets)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--image-size", type=int, help="default 224 (--quick 128)")
+    p.add_argument("--max-images-per-class", type=int,
+                   help="cap on training films per class (default all; --quick 100)")
+    p.add_argument("--head-epochs", type=int, help="default 3 (--quick 1)")
+    p.add_argument("--finetune-epochs", type=int, help="default 3 (--quick 1)")
     return p
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import REPO, base_parser, finish, machine, table
+from benchmarks._common import REPO, base_parser, budget_flags, finish, machine, table
 
 __all__ = ["main", "verdict"]
 
@@ -49,14 +49,10 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], parents=[budget_flags()])
     p.add_argument("--strengths", help=f"comma list (default {','.join(STRENGTHS)}; --quick none,acquisition)")
     p.add_argument("--seeds", help="comma list (default 42,43,44; --quick 42,43)")
     p.add_argument("--unfreeze-from-block", type=int, default=4)
-    p.add_argument("--image-size", type=int, help="default 224 (--quick 128)")
-    p.add_argument("--max-images-per-class", type=int, help="default every film (--quick 100)")
-    p.add_argument("--head-epochs", type=int, help="default 3 (--quick 1)")
-    p.add_argument("--finetune-epochs", type=int, help="default 3 (--quick 1)")
     args = p.parse_args(argv)
     quick = args.quick
     strengths = (args.strengths or ("none,acquisition" if quick else ",".join(STRENGTHS))).split(",")

@@ -46,6 +46,7 @@ from typing import Any
 import psutil
 
 from benchmarks._common import REPO, base_parser, finish, loadavg, machine, table
+from benchmarks.dashboard_profile import start_profile, stop_profile, summarise_profile
 
 __all__ = ["main", "start_dashboard", "epoch_lags"]
 
@@ -121,63 +122,6 @@ def epoch_lags(samples: list[tuple[float, int | None]], ended: list[float]) -> l
     return lags
 
 
-# ------------------------------------------------------------------------------------------ server profile
-def _start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
-    """py-spy recording the server's busy threads in collapsed-stack form, or None when py-spy is not installed."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(exe).exists():
-        return None
-    return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50",
-                             "--format", "raw", "--output", str(out), "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _stop_profile(proc: subprocess.Popen | None) -> None:
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.send_signal(2)  # SIGINT: py-spy writes what it has
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-# Leaf frames where a thread waits (py-spy cannot always tell a Python-level sleep or wait from work).
-IDLE_LEAVES = ("Condition.wait", "EpollSelector.select", "polling_path_watcher.py:90", "_worker (concurrent/futures",
-               "Event.wait", "sleep")
-
-
-def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
-    """From py-spy's collapsed stacks: busy samples (waits left out), our functions by inclusive share of them, and
-    the leaf functions by self share."""
-    inclusive: dict[str, int] = {}
-    leaves: dict[str, int] = {}
-    total = idle = 0
-    if not path.is_file():
-        return {"samples": 0}
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n, frames = int(count), stack.split(";")
-        if any(mark in frames[-1] for mark in IDLE_LEAVES):
-            idle += n
-            continue
-        total += n
-        leaves[frames[-1]] = leaves.get(frames[-1], 0) + n
-        for frame in set(frames):
-            if "dashboard/" in frame or "core/" in frame:
-                inclusive[frame] = inclusive.get(frame, 0) + n
-
-    def ranked(counts: dict[str, int]) -> list[list[Any]]:
-        return [[frame, round(n / total, 4)] for frame, n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
-
-    if not total:
-        return {"samples": 0, "idle_samples": idle}
-    return {"samples": total, "idle_samples": idle, "ours_inclusive": ranked(inclusive), "leaf_self": ranked(leaves)}
-
-
 # ------------------------------------------------------------------------------------------ load
 def _load_config(args, cache_note: str):
     from core.config import RunConfig
@@ -249,12 +193,12 @@ def load_scenario(args, nice: int, work: Path, root: Path = REPO) -> dict[str, A
             time.sleep(0.2)
         server_cpu0, trainer_cpu0, t0 = _cpu_seconds(server.pid), _cpu_seconds(pid), time.time()
         profile_file = work / f"server-profile-{tag}.txt"
-        profiler = _start_profile(server.pid, args.window + 300, profile_file)
+        profiler = start_profile(server.pid, args.window + 300, profile_file)
         got = asyncio.run(_sessions(url, run.id, args.sessions, args.window,
                                     lambda: run.status().state in ("finished", "failed", "stopped"),
                                     {"server": server.pid, "trainer": pid}))
         elapsed = time.time() - t0
-        _stop_profile(profiler)
+        stop_profile(profiler)
         server_cpu = _cpu_seconds(server.pid) - server_cpu0
         try:
             trainer_cpu = _cpu_seconds(pid) - trainer_cpu0

@@ -1,4 +1,4 @@
-"""Explanation latency: per-image prediction + CAM, ours (core.explain.Explainer) vs tf-keras-vis called the default way.
+"""Explanation latency: per-image prediction + CAM, ours (core.evaluation.explain.Explainer) vs tf-keras-vis called the default way.
 
 For one 0..255 image at a time (the interactive case), interleaved so load hits all alike:
 - ``floor``: one compiled forward pass plus the backward pass from the logit to the CAM layer

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--matmul", type=int, default=2048, help="matmul side")
     p.add_argument("--xla", action="store_true", help="also time the cached fine-tune step with jit_compile=True")
     p.add_argument("--backbones", help="comma list: only compare fp32 vs bf16 whole-network train steps of these "
-                                       "backbones (the figures behind core.device.BF16_CPU_SPEEDUP)")
+                                       "backbones (the figures behind core.training.device.BF16_CPU_SPEEDUP)")
     args = p.parse_args(argv)
     if args.backbones:
         return backbone_gains(args, [b for b in args.backbones.split(",") if b])

@@ -1,8 +1,8 @@
 """Input pipeline: images/s of the data pipeline alone vs the model that consumes it (target ≥ 10×), same run.
 
 Pipelines, each drained batch by batch with nothing else running:
-- ``ours decode once``: ``core.pipeline.load_arrays`` (JPEG decode + resize, thread pool), paid once per run.
-- ``ours epoch``: ``core.pipeline.make_dataset`` over the cached uint8 arrays (shuffle, gather, 3 channels),
+- ``ours decode once``: ``core.data.pipeline.load_arrays`` (JPEG decode + resize, thread pool), paid once per run.
+- ``ours epoch``: ``core.data.pipeline.make_dataset`` over the cached uint8 arrays (shuffle, gather, 3 channels),
   without and with the default augmentation (batched Keras layers inside ``Dataset.map``).
 - ``tutorial epoch``: ``keras.utils.image_dataset_from_directory`` + ``prefetch`` (decodes every JPEG
   every epoch), for reference.

@@ -1,7 +1,7 @@
 """Peak resident memory of VGG16 @ 224 px, batch 32 training (target ≤ 6 GiB), ours vs the tutorial pipeline.
 
 Each training runs in its own subprocess (the same workers as ``benchmarks.train_speed``: our
-``core.train.train_run`` on a RunStore run, and the plain-Keras tutorial pipeline) and reports its
+``core.jobs.run.train_run`` on a RunStore run, and the plain-Keras tutorial pipeline) and reports its
 own peak RSS (``ru_maxrss``: everything the process touched, TensorFlow itself included). Two
 settings: augmentation on (every phase trains on images: the largest activations) and off (our
 trainer caches the frozen layers' outputs: the cache's memory shows up here).
@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._common import base_parser, finish, link_subset, loadavg, machine, ours_precision, table
-from benchmarks.train_speed import _run_worker, _split_like_ours
+from benchmarks.train_speed import run_worker, split_like_ours
 
 TARGET_GIB = 6.0
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         link_subset(args.data, root / "ours", "train", None if args.full else n_train // 2, seed=0)
         link_subset(args.data, root / "ours", "test", 8, seed=0)
-        n_tr, n_val, weights = _split_like_ours(root, {"image_size": args.image_size, "val_fraction": 0.15, "seed": 42})
+        n_tr, n_val, weights = split_like_ours(root, {"image_size": args.image_size, "val_fraction": 0.15, "seed": 42})
         for augment in {"both": (True, False), "on": (True,), "off": (False,)}[args.augmentation]:
             spec = {"variant": "both" if augment else "none", "augment": augment, "image_size": args.image_size,
                     "batch_size": args.batch_size, "head_epochs": args.epochs, "finetune_epochs": args.epochs,
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 kinds.append(("tutorial", {**spec, "root": str(root / "tutorial")}))
             for kind, worker_spec in kinds:
                 print(f"{kind}, {label}… (load {loadavg()})", flush=True)
-                out = _run_worker(kind, worker_spec)
+                out = run_worker(kind, worker_spec)
                 gib = out["peak_rss_gib"]
                 result["peak_rss_gib"][f"{kind} | {label}"] = gib
                 rows.append([kind, label, out["precision"], gib, "met" if gib <= TARGET_GIB else "missed"])

@@ -4,7 +4,7 @@
 
 Each run is a finished run of the same recipe with a different seed. For each run the validation
 images listed in its ``splits.json`` are predicted once with its best checkpoint (the test split
-is never read). Then, for every rule of ``core.threshold``:
+is never read). Then, for every rule of ``core.evaluation.threshold``:
 
 - **held out**: validation is cut in two halves by patient (stratified, ``--repeats`` times per
   run); the rule chooses its threshold on one half and is scored on the other, both ways round.

@@ -5,7 +5,7 @@ same recipe with the fine-tune phase un-augmented). Each row runs with the seeds
 ``benchmarks.quality`` uses (training seeds 42, 43, 44 sharing the validation split of seed 42),
 as normal runs in the run store with ``train.evaluate_test = False``: the trainer never opens the
 test split. The figures are each run's saved validation predictions (``threshold.json``): exact
-ROC AUC with its patient-bootstrap interval, and log loss (``core.sweep.validation_figures``).
+ROC AUC with its patient-bootstrap interval, and log loss (``core.jobs.sweep.results.validation_figures``).
 
 A finished run of the same settings already in the store is reused, whether or not that earlier
 run was also evaluated on test (its test figures are not read here; the table says which runs had
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import quality
 from benchmarks._common import REPO, finish, machine, table
 from benchmarks.augmentation import verdict
 
@@ -72,18 +73,11 @@ def choose(compared: list[dict[str, Any]]) -> str | None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The data set, seeds, store and override flags of ``benchmarks.quality`` (one definition), then its own."""
+    shared, _ = quality.row_flags()
     p = argparse.ArgumentParser(prog="python -m benchmarks.recipe_choice", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, parents=[shared])
     p.add_argument("--rows", required=True, help="comma-separated benchmarks.quality rows; the first is the reference")
-    p.add_argument("--medmnist", action="store_true", help="PneumoniaMNIST rows instead of Kaggle chest_xray")
-    p.add_argument("--data", help="as benchmarks.quality --data")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds per row (default: %(default)s)")
-    p.add_argument("--seed", type=int, help="the base seed (default: the recipe's, 42)")
-    p.add_argument("--store", help="run store folder (default models/ or $CXR_STUDIO_RUNS)")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--head-epochs", type=int)
-    p.add_argument("--finetune-epochs", type=int)
-    p.add_argument("--max-images-per-class", type=int, help="balanced training subset (smoke runs)")
     p.add_argument("--out", type=Path, help="JSON figures (default: benchmarks/results/recipe_choice-<data>-<rows>.json "
                                             "for a full run; smoke runs print only)")
     return p
@@ -91,9 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _quality_args(args: argparse.Namespace) -> argparse.Namespace:
     """The override namespace ``benchmarks.quality.build_config`` reads, with only this command's overrides set."""
-    from benchmarks.quality import _parser as quality_parser
-
-    ns = quality_parser().parse_args([])
+    ns = quality.build_parser().parse_args([])
     for key in ("seed", "image_size", "head_epochs", "finetune_epochs", "max_images_per_class"):
         setattr(ns, key, getattr(args, key))
     return ns
@@ -110,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     from core.jobs.commands.startup import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from benchmarks import quality
     from core.store.runs import RunStore
     from core.jobs.sweep import validation_figures
 

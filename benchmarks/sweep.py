@@ -1,7 +1,7 @@
 """Sweep wall time against the sum of its members run alone with cold caches, side by side.
 
 The sweep is a grid of unfreeze depths × augmentation strengths over one backbone, created with
-``core.sweep.create_sweep`` and coordinated by ``core.sweep.run_sweep`` (members one after another
+``core.jobs.sweep.store.create_sweep`` and coordinated by ``core.jobs.sweep.coordinator.run_sweep`` (members one after another
 on a CPU), starting from an empty cache folder. Each member is then trained again alone: the same
 config (``data.cache = "disk"``, no test evaluation), as ``python -m core.train --run-dir`` in a
 store of its own with an empty cache folder of its own, so it decodes every image and computes
@@ -21,7 +21,7 @@ are printed beside each other as a check that sharing changes no result (CPU ker
 bit-exact, so expect agreement to about the third decimal, not identity).
 
 Then, as a user of the Sweep page would: the best member on validation (``--choose-by``, the page's
-rule) becomes the final run (``core.sweep.create_final_run``), which is trained and evaluated once
+rule) becomes the final run (``core.jobs.sweep.results.create_final_run``), which is trained and evaluated once
 on the official test split; its metrics.json, config.json and threshold.json are copied under
 ``benchmarks/results/sweep/final/``. No member is ever evaluated on test.
 """
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import REPO, base_parser, finish, machine, table
+from benchmarks._common import REPO, base_parser, budget_flags, finish, machine, table
 
 __all__ = ["main", "base_config"]
 
@@ -45,7 +45,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def _parser():
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], parents=[budget_flags()])
     p.add_argument("--backbone", default="mobilenet")
     p.add_argument("--alpha", type=float, default=0.25)
     p.add_argument("--weights", default=None,
@@ -53,10 +53,6 @@ def _parser():
                         "file when present, else 'none')")
     p.add_argument("--blocks", help="unfreeze-from-block values (default 2,3,4,5,6; --quick 4,6)")
     p.add_argument("--augment", help="augmentation strengths (default none,light)")
-    p.add_argument("--image-size", type=int, help="default 224 (--quick 128)")
-    p.add_argument("--max-images-per-class", type=int, help="cap on training films per class (default all; --quick 100)")
-    p.add_argument("--head-epochs", type=int, help="default 3 (--quick 1)")
-    p.add_argument("--finetune-epochs", type=int, help="default 3 (--quick 1)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--skip-alone", action="store_true", help="time the sweep only")
     p.add_argument("--skip-final", action="store_true", help="no final run (no test evaluation)")

@@ -1,6 +1,6 @@
 """Dashboard cached resources: data set indexes, images for the screen, loaded models and explanations.
 
-Heavy modules (TensorFlow via ``core.model`` / ``core.explain``) are imported inside the cached
+Heavy modules (TensorFlow via ``core.model.classifier`` / ``core.evaluation.explain``) are imported inside the cached
 functions that need them, so pages that do not touch a model appear at once.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from core.data.splits import MANIFEST_NAME, read_manifest, test_manifest
 from core.store.files import HistoryTail
 from core.store.runs import Run
 
-# File types the uploaders accept (read by core.images.load_image, in memory only).
+# File types the uploaders accept (read by core.data.images.load_image, in memory only).
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom", "bmp", "tif", "tiff", "webp"]
 
 
@@ -61,7 +61,7 @@ def _sample_check(root: str):
 
 
 def sample_check():
-    """``core.sample.check_sample`` of the bundled real sample (sha256 of each film against its manifest)."""
+    """``core.data.sample.check_sample`` of the bundled real sample (sha256 of each film against its manifest)."""
     return _sample_check(str(sample_root()))
 
 
@@ -73,7 +73,7 @@ def sample_usable() -> bool:
 
 @st.cache_data(show_spinner="Indexing the data set…", max_entries=8)
 def dataset_index(path: str, modified: float):
-    """``core.datasets.find_dataset`` for a folder, cached per path and folder modification time."""
+    """``core.data.datasets.find_dataset`` for a folder, cached per path and folder modification time."""
     return find_dataset(path)
 
 
@@ -130,7 +130,7 @@ def runs_with_saved_splits(runs: list[Run], root: str) -> list[Run]:
 
 
 def run_test_images(run: Run) -> list[tuple[str, int]]:
-    """The run's test images as ``(source, label)``: from the manifest it is evaluated on (``core.splits.test_manifest``:
+    """The run's test images as ``(source, label)``: from the manifest it is evaluated on (``core.data.splits.test_manifest``:
     a starter's test-films.json, else splits.json), else (older runs) metrics.json."""
     manifest = test_manifest(run.path)
     try:

@@ -70,7 +70,7 @@ def data_citation(config: RunConfig, sample_films: bool = False) -> None:
 
 
 def model_card_downloads(run: Run, key: str) -> None:
-    """Two buttons: the run's model card as Markdown and as HTML (``core.report``, read from the run folder)."""
+    """Two buttons: the run's model card as Markdown and as HTML (``core.evaluation.report``, read from the run folder)."""
     markdown_col, html_col = st.columns(2)
     markdown_col.download_button("Model card (Markdown)", model_card(run), file_name=f"{run.id}-model-card.md",
                                  mime="text/markdown", key=f"{key}-card-md", icon=":material/description:",

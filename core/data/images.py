@@ -211,7 +211,7 @@ def model_pixels(source: ImageSource, image_size: int, resize_mode: str = "stret
     """THE one path from a source to the pixels a run trains and is evaluated on: uint8 (S, S).
 
     Decodes (a JPEG with the decoder's own power-of-two downscale to at least ``image_size``),
-    then :func:`resize_gray`. :func:`core.pipeline.load_arrays` calls this for every image, and
+    then :func:`resize_gray`. :func:`core.data.pipeline.load_arrays` calls this for every image, and
     :func:`load_image` (Explain, Demo, ``core.predict``) wraps it, so a film gives the same
     pixels, hence the same probability, in training, evaluation and on every page.
 

@@ -74,7 +74,7 @@ def load_arrays(
 ) -> LoadedArrays:
     """Decode every image once into uint8 (N, S, S, 1) plus float32 labels (N,).
 
-    Each image goes through :func:`core.images.model_pixels`, the same path as a single image on
+    Each image goes through :func:`core.data.images.model_pixels`, the same path as a single image on
     the Explain and Demo pages. Decoding runs in a thread pool (PIL releases the GIL). A record that fails to decode is
     skipped with a logged warning and listed in the result's ``skipped``; ``kept`` maps rows
     back to records. With ``cache="disk"`` the arrays are stored as ``.npy`` under

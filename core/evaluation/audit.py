@@ -146,7 +146,7 @@ def shortcut_audit(run: Any, progress: Progress | None = None, border_fraction: 
     patient-bootstrap interval of the difference.
 
     Raises:
-        core.runs.RunError: no trained model, or no usable test images.
+        core.store.runs.RunError: no trained model, or no usable test images.
     """
     from sklearn.metrics import roc_auc_score  # heavy: scikit-learn
 

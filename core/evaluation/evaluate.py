@@ -109,15 +109,15 @@ class TestImages:
     images: np.ndarray
     labels: np.ndarray
     skipped: list[dict[str, str]]
-    splits: Any  # core.splits.Splits
-    changes: Any  # core.splits.FolderChanges | None
+    splits: Any  # core.data.splits.Splits
+    changes: Any  # core.data.splits.FolderChanges | None
 
 
 def load_test_images(run: Any, config: Any, splits: Splits | None = None) -> TestImages:
-    """The run's saved test images through the one image path (``core.pipeline.load_arrays``).
+    """The run's saved test images through the one image path (``core.data.pipeline.load_arrays``).
 
-    ``splits`` (a ``core.splits.Splits``) gives the test images explicitly; by default they are
-    :func:`core.splits.evaluation_splits`: the run's saved test split, or its ``test-films.json``.
+    ``splits`` (a ``core.data.splits.Splits``) gives the test images explicitly; by default they are
+    :func:`core.data.splits.evaluation_splits`: the run's saved test split, or its ``test-films.json``.
     Images missing or changed since training (by sha256) and unreadable ones are skipped and listed.
 
     Raises:
@@ -148,10 +148,10 @@ def evaluate_run(run: Any, store: Any = None, progress: Progress | None = None, 
     The test split is touched only here. Metrics are reported at the run's threshold (chosen on
     validation at training time, ``threshold.json``) and, for comparison with write-ups that use
     it, at 0.5; with patient-level bootstrap intervals, per-image predictions and the
-    sensitivity per pneumonia subtype. ``run`` is a ``core.runs.Run`` or a run id in ``store``.
+    sensitivity per pneumonia subtype. ``run`` is a ``core.store.runs.Run`` or a run id in ``store``.
 
-    ``splits`` (a ``core.splits.Splits``) names the test images explicitly (default: the run's
-    :func:`core.splits.evaluation_splits`); ``save_as`` is the file written in the run folder (a
+    ``splits`` (a ``core.data.splits.Splits``) names the test images explicitly (default: the run's
+    :func:`core.data.splits.evaluation_splits`); ``save_as`` is the file written in the run folder (a
     starter keeps its full official-test evaluation beside ``metrics.json``). The result's
     ``splits.from`` names the manifest the test images came from.
     """

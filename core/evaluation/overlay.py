@@ -58,7 +58,7 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 def cam_on_film(cam: np.ndarray, height: int, width: int, resize_mode: str = "stretch") -> np.ndarray:
     """A model-input heatmap (S,S) mapped back onto the film at its own size (height, width), float32 0..1.
 
-    Undoes the framing of :func:`core.images.resize_gray`: a stretched film's map is rescaled per
+    Undoes the framing of :func:`core.data.images.resize_gray`: a stretched film's map is rescaled per
     axis; a letterboxed film's map is cut to the film's area inside the padding first. The film
     can then be shown at its true aspect ratio and full resolution, with the heatmap on it.
     """

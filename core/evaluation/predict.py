@@ -27,11 +27,11 @@ def predict_files(run: Any, paths: Sequence[str | Path], cam: str | None = None,
 
     The model is loaded once. Each result is ``{"file", "probability", "label", "threshold",
     "heatmap"}``, where ``heatmap`` is the path of the saved overlay PNG (when ``cam`` names one
-    of :data:`core.explain.CAM_METHODS`) or None; an image that cannot be read gives
+    of :data:`core.evaluation.explain.CAM_METHODS`) or None; an image that cannot be read gives
     ``{"file", "error"}`` instead and does not stop the others.
 
     Args:
-        run: a ``core.runs.Run`` or a run id in ``store``.
+        run: a ``core.store.runs.Run`` or a run id in ``store``.
         out_dir: where overlays go (created); default ``heatmaps/`` in the working folder.
     """
     from PIL import Image

@@ -208,7 +208,7 @@ def _prevalence_brier(metrics: dict[str, Any]) -> float | None:
 
 def _audit_section(audit: dict[str, Any] | None) -> list[str]:
     if not audit:
-        return ["Not run yet for this run: open Evaluate → *Shortcut audit* (or call `core.audit.shortcut_audit`)."]
+        return ["Not run yet for this run: open Evaluate → *Shortcut audit* (or call `core.evaluation.audit.shortcut_audit`)."]
     classes = audit.get("per_class") or {}
     rows = [[name, c["n"], _pct(c["border_share"])] for name, c in classes.items()]
     rows.append(["all", audit["n"], _pct(audit["border_share"])])

@@ -15,6 +15,8 @@ import tempfile
 import traceback
 from pathlib import Path
 
+import keras
+
 from core.config import ConfigError
 from core.data.datasets import DatasetError
 from core.data.decode import ImageLoadError
@@ -25,19 +27,18 @@ from core.jobs.ensemble import build_ensemble
 from core.model.classifier import load_model
 from core.model.weights import WeightsUnavailableError
 from core.store.heartbeat import StatusWriter
-from core.store.runs import Run, RunError, StopRequested
+from core.store.runs import LOG_FORMAT, Run, RunError, StopRequested
 from core.store.status import now_iso
 from core.training.cluster import ClusterError, ClusterTask
 from core.training.fit import Fitted, fit_run
 
-__all__ = ["LOG_FORMAT", "train_run", "finish_run", "readable_error", "cluster_task", "run_and_record"]
+__all__ = ["train_run", "finish_run", "readable_error", "cluster_task", "run_and_record"]
 
 log = logging.getLogger("cxr_studio.train")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 def train_run(run: Run, resume: bool = False, writer: StatusWriter | None = None, *, device: str | None = None,
-              cluster: "ClusterTask | None" = None, mirror_of: Run | None = None) -> None:
+              cluster: ClusterTask | None = None, mirror_of: Run | None = None) -> None:
     """Train, pick the threshold on validation, evaluate once on test; the status says how it went.
 
     Args:
@@ -49,8 +50,6 @@ def train_run(run: Run, resume: bool = False, writer: StatusWriter | None = None
         mirror_of: on a non-chief worker, the chief's run folder; ``run`` is then this worker's
             temporary copy, and training stops after the last phase (no threshold, no evaluation).
     """
-    import keras  # heavy: TensorFlow; imported by the trainer process only
-
     previous_policy = keras.mixed_precision.dtype_policy()
     own_writer = writer is None
     writer = writer or StatusWriter(run).start(state="running", error=None)
@@ -89,7 +88,7 @@ def finish_run(run: Run, fitted: Fitted, writer: StatusWriter) -> None:
         shutil.rmtree(run.path / folder, ignore_errors=True)
 
 
-def readable_error(exc: BaseException, cluster: "ClusterTask | None" = None) -> str:
+def readable_error(exc: BaseException, cluster: ClusterTask | None = None) -> str:
     """One line a person can act on, for the status file and the dashboard.
 
     With ``cluster``, TensorFlow's errors about a lost worker name that worker with its address.
@@ -153,11 +152,11 @@ def _already_logged_to(path: Path, handlers: list[logging.Handler]) -> bool:
     return False
 
 
-def cluster_task(run: Run, device: str | None = None, connect_timeout: float | None = None) -> "ClusterTask | None":
+def cluster_task(run: Run, device: str | None = None, connect_timeout: float | None = None) -> ClusterTask | None:
     """This process's multi-worker task when it trains ``run`` under MultiWorkerMirroredStrategy, else None.
 
     The device is ``device`` or the run's ``train.device``; "auto" means multi-worker when
-    ``TF_CONFIG`` names a cluster (as :func:`core.device.plan_device` decides it).
+    ``TF_CONFIG`` names a cluster (as :func:`core.training.device.plan_device` decides it).
 
     Raises:
         ClusterError: ``TF_CONFIG`` cannot be used.
@@ -211,7 +210,7 @@ def run_and_record(run: Run, resume: bool, *, device: str | None = None, connect
         undo_logging()
 
 
-def _run_worker(run: Run, cluster: "ClusterTask", device: str | None) -> int:
+def _run_worker(run: Run, cluster: ClusterTask, device: str | None) -> int:
     """A non-chief worker: trains in step with the chief in a temporary copy of its run folder, then deletes it.
 
     Reads the chief's folder (config.json now; splits, plan, history, backup and checkpoints once

@@ -2,15 +2,15 @@
 
 A starter is a normal run folder, so every page and command reads it as it reads any run, with
 four differences. ``starter.json`` marks it (the run store never deletes it) and says how it was
-trained. ``model.keras`` holds float16 variables (:func:`core.model.save_float16`; half the size,
+trained. ``model.keras`` holds float16 variables (:func:`core.model.classifier.save_float16`; half the size,
 read back in float32). The data it was trained on need not ship, so ``test-films.json`` names the
 bundled sample's test films, on which its ``metrics.json`` is measured and which Explain and Demo
-browse (:func:`core.splits.evaluation_splits`); its evaluation on the full test split of its
+browse (:func:`core.data.splits.evaluation_splits`); its evaluation on the full test split of its
 ``splits.json`` is kept beside it as ``metrics-official-test.json``. Every path is saved relative
 to the repository (data beside it as ``../…``), never as this machine's absolute path.
 
 ``python -m core.starter RUN_DIR DEST`` packages a finished run; both evaluations go through
-:func:`core.evaluate.evaluate_run` on the shipped float16 file.
+:func:`core.evaluation.evaluate.evaluate_run` on the shipped float16 file.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def _prefixes() -> list[tuple[str, str]]:
 def portable_text(text: str) -> str:
     """``text`` with this machine's paths under the repository, beside it or in home made relative (``x``, ``../x``, ``~/x``).
 
-    ``/repo/../shared/data`` becomes ``../shared/data``: the form :func:`core.sample.local_path` reads back.
+    ``/repo/../shared/data`` becomes ``../shared/data``: the form :func:`core.data.sample.local_path` reads back.
     """
     for prefix, label in _prefixes():
         def swap(match: re.Match, label: str = label) -> str:
@@ -95,7 +95,7 @@ def _copy_portable(source: Path, dest: Path) -> None:
 def write_sample_test_films(run_path: str | Path) -> Any:
     """Write ``test-films.json``: the bundled sample's test films (its training films listed as unused).
 
-    Returns the ``core.splits.Splits`` read back from the file.
+    Returns the ``core.data.splits.Splits`` read back from the file.
 
     Raises:
         DatasetError: the bundled sample is missing or damaged.
@@ -232,8 +232,8 @@ def package_starter(source: str | Path, dest: str | Path, *, machine: str | None
                         "epochs_seconds": _log_seconds(origin, until=" INFO epoch "),
                         "machine": machine or _this_machine(),
                         "device": status.device, **({"note": note} if note else {})},
-            "weights": ("model.keras stores float16 variables (core.model.save_float16, no optimizer state); "
-                        "core.model.load_model reads them into a float32 model. Both metrics files were measured "
+            "weights": ("model.keras stores float16 variables (core.model.classifier.save_float16, no optimizer state); "
+                        "core.model.classifier.load_model reads them into a float32 model. Both metrics files were measured "
                         "with this file. threshold.json (rule 'fixed' = 0.5 unless it says otherwise) and its "
                         "validation probabilities are from the float32 weights before the cast."),
             "official_test_metrics": OFFICIAL_METRICS,

@@ -24,7 +24,7 @@ def _input_spec(model: keras.Model) -> tf.TensorSpec:
 
 
 def export_keras(model: keras.Model, path: str | Path) -> Path:
-    """The whole model (architecture + weights) as one ``.keras`` file, loadable with ``core.model.load_model``."""
+    """The whole model (architecture + weights) as one ``.keras`` file, loadable with ``core.model.classifier.load_model``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.keras")

@@ -32,10 +32,11 @@ from core.store.status import now_iso as _now
 from core.store.status import process_alive, process_start_time, signal_trainer, trainer_gone
 
 __all__ = ["RunError", "StopRequested", "RunStatus", "Run", "RunStore", "default_store_root", "ACTIVE_STATES",
-           "RESUMABLE_STATES", "STARTER_MARKER"]
+           "RESUMABLE_STATES", "STARTER_MARKER", "LOG_FORMAT"]
 
 
 FINAL_STATES = ("finished", "failed", "stopped", "interrupted")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"  # the line format of a run's log.txt
 STARTER_MARKER = "starter.json"  # in a run folder shipped with the repository (models/starter-*): never deleted here
 TRAINER_NICE_ENV = "CXR_STUDIO_TRAINER_NICE"
 DEFAULT_TRAINER_NICE = 10  # a launched trainer yields the CPU to the dashboard that shows it (benchmarks/dashboard.py)
@@ -133,7 +134,7 @@ class Run:
 
     def status(self, now: float | None = None) -> RunStatus:
         """The status as a viewer should read it: running while the trainer's heartbeat is fresh (see
-        :func:`core.run_status.judge_status`)."""
+        :func:`core.store.status.judge_status`)."""
         return judge_status(self.raw_status(), self.launch_record(), now)
 
     def update_status(self, **fields: Any) -> RunStatus:

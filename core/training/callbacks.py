@@ -78,7 +78,7 @@ class ExactValAUC(keras.callbacks.Callback):
 class ClassifierCheckpoint(keras.callbacks.ModelCheckpoint):
     """``ModelCheckpoint`` of the whole classifier, also when ``fit`` trains only its top.
 
-    With cached frozen outputs (:mod:`core.frozen`) ``fit`` runs on ``split.top``, which shares
+    With cached frozen outputs (:mod:`core.data.frozen`) ``fit`` runs on ``split.top``, which shares
     the classifier's layers: saving the classifier saves the trained weights with the frozen
     bottom, so every checkpoint is a complete model.
     """

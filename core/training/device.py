@@ -1,7 +1,7 @@
 """Device choice: CPU / one GPU / MirroredStrategy / MultiWorkerMirroredStrategy, mixed precision and XLA.
 
 What multi-worker training needs beyond the strategy (``TF_CONFIG``, joining the cluster, agreeing
-between workers) is in :mod:`core.cluster`.
+between workers) is in :mod:`core.training.cluster`.
 """
 from __future__ import annotations
 

@@ -234,7 +234,7 @@ def kept_phase(epochs: list[dict], phases: list[str]) -> tuple[str | None, str |
 
 
 def _join_cluster(writer: StatusWriter, plan, cluster: "ClusterTask | None"):
-    """The multi-worker strategy, once every worker has joined (:class:`core.cluster.ClusterError` after the
+    """The multi-worker strategy, once every worker has joined (:class:`core.training.cluster.ClusterError` after the
     cluster's timeout). Without ``TF_CONFIG`` the strategy runs this process alone (one worker).
     """
     if cluster is None:

@@ -1,6 +1,6 @@
 """Train: presets and settings (backbone, unfreeze depth with its layer table, schedule), start / stop, live curves.
 
-Training runs in its own process (``python -m core.train`` through ``core.runs``); this page only
+Training runs in its own process (``python -m core.train`` through ``core.store.runs``); this page only
 reads the run folder, so a refresh, a second tab or a dashboard restart shows the same run.
 """
 from __future__ import annotations
@@ -133,7 +133,7 @@ def live_panel(run: Run) -> None:
             if phases:
                 st.caption(" · ".join(f"**{row['phase']}**: {row['note']}" for row in phases))
             for row in history:
-                if row.get("type") == "phase_rejected":  # core.train.kept_phase: a collapsed last phase
+                if row.get("type") == "phase_rejected":  # core.training.fit.kept_phase: a collapsed last phase
                     st.warning(f"Model kept from the **{row['kept']}** phase: {row['reason']}.",
                                icon=":material/undo:")
             epochs = latest_epochs(history)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.augmentation import verdict
-from benchmarks.dashboard import epoch_lags, summarise_profile
+from benchmarks.dashboard import epoch_lags
+from benchmarks.dashboard_profile import summarise_profile
 from benchmarks.train_speed import _summarise
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from run_helpers import wait_for
 
 from core.config import preset
 from core.store.runs import RunStore
@@ -81,10 +81,21 @@ def make_running_run(store: RunStore):
                               "jit_compile": False, "reason": "device auto: no GPU found"})
     _epochs(run, ["finetune"])
     proc = subprocess.Popen([sys.executable, "-c", STAND_IN, str(run.path)], cwd=REPO)
-    deadline = time.time() + 60
-    while run.raw_status().pid != proc.pid and time.time() < deadline:
-        time.sleep(0.1)
+    wait_for_heartbeat(run, proc)
     return run, proc
+
+
+def wait_for_heartbeat(run, proc: subprocess.Popen) -> None:
+    """Until the stand-in ``proc`` owns ``run``'s status (its pid and heartbeat are written): without them the run
+    would read as interrupted, and the pages would be tested on the wrong state. Fails when it exits or never does."""
+    try:
+        wait_for(lambda: run.raw_status().pid == proc.pid or proc.poll() is not None, 60,
+                 what=f"the stand-in (pid {proc.pid}) to write {run.path.name}'s heartbeat")
+        assert proc.poll() is None, f"the stand-in exited with code {proc.returncode} before writing the heartbeat"
+    except AssertionError:
+        proc.kill()  # not left sleeping behind a failed test
+        proc.wait()
+        raise
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,19 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 DOCS_MODE = os.environ.get("CXR_STUDIO_SCREENSHOTS") == "docs"
 FINETUNE_EPOCHS = 6 if DOCS_MODE else 2  # the preset's own 6 for the README; 2 keep CI short
 README_SHOTS = ("data", "train", "evaluate", "audit", "explain", "demo")
+# True once Streamlit's script run is over and each plotly chart on screen has drawn its SVG: Streamlit mounts a
+# chart hidden (visibility: hidden) until it has measured its width, then plotly draws it (charts in a closed tab
+# or expander take no space and are not waited for).
+PLOTS_DRAWN = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+    return [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+        .filter(chart => chart.getClientRects().length > 0)
+        .every(chart => {
+            const plot = chart.querySelector('.js-plotly-plot');
+            return plot && plot.querySelector('.main-svg') && getComputedStyle(plot).visibility !== 'hidden';
+        });
+}"""
 
 
 def _free_port() -> int:
@@ -80,7 +93,7 @@ def server(tmp_path_factory, cache_dir):
 
 def _shoot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    time.sleep(1.0)  # let plotly finish drawing
+    page.wait_for_function(PLOTS_DRAWN)  # the page's script has finished and plotly has drawn every chart shown
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path))
     if DOCS_MODE and name in README_SHOTS:

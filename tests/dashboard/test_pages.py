@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.data.datasets import find_dataset
-from core.data.images import ImageLoadError, decode_image
+from core.data.decode import ImageLoadError, decode_image
 from core.evaluation.metrics import compute_metrics
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
@@ -54,7 +54,11 @@ def plotly_spec(at: AppTest, index: int = 0) -> dict:
 def test_pages_explain_what_to_do_with_an_empty_store(page, empty_env):
     at = open_page(page)
     assert "Train" in texts(at)
-    assert not at.error or page == "demo"  # Demo's own banner is an st.error notice
+    errors = [str(e.value) for e in at.error]
+    if page == "demo":  # Demo's own banner is an st.error notice: that one, and no other error
+        assert len(errors) == 1 and "this is not a diagnosis" in errors[0], errors
+    else:
+        assert not errors, errors
 
 
 # ---------------------------------------------------------------------------------- Data
@@ -216,8 +220,8 @@ def test_time_estimate_is_measured_in_its_own_process(empty_env, monkeypatch):
         asked.append((config.name, steps))
         return {"total_seconds": 90.0, "seconds_per_epoch": {"finetune": 7.5}, "note": "measured on 1 batch of 32"}
 
-    monkeypatch.setattr(core.estimate, "estimate_in_subprocess", in_subprocess)
-    monkeypatch.setattr(core.estimate, "estimate_run_time", lambda *a, **k: pytest.fail("probed in the server's process"))
+    monkeypatch.setattr(core.training.estimate, "estimate_in_subprocess", in_subprocess)
+    monkeypatch.setattr(core.training.estimate, "estimate_run_time", lambda *a, **k: pytest.fail("probed in the server's process"))
     at = open_page("train")
     next(b for b in at.button if b.label == "Measure on this machine").click().run()
     assert len(asked) == 1 and asked[0][1] == 1

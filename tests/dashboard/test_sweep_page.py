@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import REPO, STAND_IN
+from conftest import REPO, STAND_IN, wait_for_heartbeat
 from test_pages import open_page, plotly_spec, texts
 
 from core.config import preset
@@ -32,9 +31,7 @@ def _heartbeat(run: Run, **fields) -> subprocess.Popen:
     """A stand-in process that keeps ``run``'s (or a sweep's) heartbeat fresh, as its trainer or coordinator would."""
     run.update_status(state="running", **fields)
     proc = subprocess.Popen([sys.executable, "-c", STAND_IN, str(run.path)], cwd=REPO)
-    deadline = time.time() + 60
-    while run.raw_status().pid != proc.pid and time.time() < deadline:
-        time.sleep(0.1)
+    wait_for_heartbeat(run, proc)
     return proc
 
 

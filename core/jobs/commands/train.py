@@ -3,7 +3,7 @@
 ``--workers N`` trains one run with N local worker processes under ``MultiWorkerMirroredStrategy``
 (each started as ``python -m core.train --run-dir RUN --device multiworker`` with its own
 ``TF_CONFIG``, on free ports of 127.0.0.1); on several hosts, start that command on each host with
-its ``TF_CONFIG`` instead (README, "Scaling out").
+its ``TF_CONFIG`` instead (docs/scaling.md).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from core.config import PRESETS, AugmentConfig, ConfigError, RunConfig, preset
 from core.config.paths import REPO_ROOT
 from core.jobs.commands.arguments import add_store_flag
 from core.jobs.commands.startup import import_tensorflow_quietly
-from core.store.runs import Run, RunError, RunStore, lower_own_priority
+from core.store.runs import LOG_FORMAT, Run, RunError, RunStore, lower_own_priority
 from core.training.cluster import ClusterError, ClusterTask
 from core.training.estimate import estimate_run_time
 
@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     ov.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
     ov.add_argument("--seed", type=int)
     ov.add_argument("--cpu-devices", type=int, help="split the CPU into N logical devices (tests MirroredStrategy)")
-    mw = p.add_argument_group("multi-worker (MultiWorkerMirroredStrategy; README, \"Scaling out\")")
+    mw = p.add_argument_group("multi-worker (MultiWorkerMirroredStrategy; docs/scaling.md)")
     mw.add_argument("--workers", type=int, metavar="N",
                     help="train with N worker processes on this host (127.0.0.1, free ports); worker 0 is the chief "
                          "and owns the run folder. Global batch = --batch-size × N")
@@ -231,8 +231,6 @@ def _print_summary(run: Run) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.jobs.run import LOG_FORMAT, run_and_record  # heavy: Keras, scikit-learn
-
     args = parser().parse_args(argv)
     lower_own_priority(os.environ)  # launched from the dashboard: yield the CPU to the page that shows this run
     try:
@@ -257,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import_tensorflow_quietly()
+    from core.jobs.run import run_and_record  # heavy: Keras and TensorFlow, once they are quiet
+
     if args.cpu_devices or os.environ.get("CXR_STUDIO_CPU_DEVICES"):
         from core.training.device import split_cpu  # heavy: TensorFlow
 

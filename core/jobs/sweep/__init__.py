@@ -9,7 +9,7 @@ resumes one that was interrupted or paused, so a dashboard restart or a killed c
 nothing. Pause and cancel are request files it polls.
 
 Members share work through the disk cache (``data.cache = "disk"`` on every member): the decoded
-images (:func:`core.pipeline.load_arrays`) and the frozen layers' outputs (:func:`core.frozen.frozen_features`,
+images (:func:`core.data.pipeline.load_arrays`) and the frozen layers' outputs (:func:`core.data.frozen.frozen_features`,
 keyed by the frozen weights and the pixels), so a member with the same data, image size, backbone
 and freeze boundary as an earlier one reads them instead of computing them. Members are not
 evaluated on test (``train.evaluate_test = False``): they are compared on the validation

@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from run_helpers import wait_for
 
 from core.config import ConfigError, augment_strength, preset
 from core.store.runs import Run, RunError, RunStore
@@ -31,13 +31,6 @@ def _base(**overrides):
 def _calls(run: Run) -> list[dict]:
     path = run.path / "calls.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _wait(condition, timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -174,7 +167,7 @@ def test_pause_then_resume_goes_on_from_the_stopped_member(tmp_path, stand_in, m
     sweep = create_sweep(RunStore(tmp_path), _base(), {"model.dropout": [0.1, 0.2]})
     (first, _), (second, _) = sweep.members()
     thread, result = _in_thread(stand_in, sweep)
-    _wait(lambda: first.status().state == "running")
+    wait_for(lambda: first.status().state == "running", 60, first, what="the first member to run")
     sweep.request_pause()
     thread.join(60)
     assert result == [0] and sweep.status().state == "paused"
@@ -193,7 +186,7 @@ def test_cancel_ends_the_sweep_for_good(tmp_path, stand_in, monkeypatch):
     sweep = create_sweep(RunStore(tmp_path), _base(), {"model.dropout": [0.1, 0.2, 0.3]})
     members = [run for run, _ in sweep.members()]
     thread, result = _in_thread(stand_in, sweep)
-    _wait(lambda: members[0].status().state == "running")
+    wait_for(lambda: members[0].status().state == "running", 60, members[0], what="the first member to run")
     sweep.request_cancel()
     thread.join(60)
     assert result == [0] and sweep.status().state == "cancelled"
@@ -212,10 +205,12 @@ def test_a_killed_coordinator_leaves_an_interrupted_sweep_that_resumes_its_membe
               "sys.exit(run_sweep(Sweep(sys.argv[1]), trainer=sys.argv[2:], poll=0.05))")
     coordinator = subprocess.Popen([sys.executable, "-c", script, str(sweep.path), *STAND_IN], cwd=REPO,
                                    start_new_session=True)
-    _wait(lambda: first.status().state == "running" and sweep.status().state == "running")
+    wait_for(lambda: first.status().state == "running" and sweep.status().state == "running", 60, first,
+             what="the sweep and its first member to run")
     os.killpg(coordinator.pid, signal.SIGKILL)  # the coordinator and its member, at once
     coordinator.wait()
-    _wait(lambda: sweep.status().state == "interrupted" and first.status().state == "interrupted", timeout=10)
+    wait_for(lambda: sweep.status().state == "interrupted" and first.status().state == "interrupted", 10,
+             what="the killed sweep and its member to read as interrupted")
 
     monkeypatch.setenv("STAND_IN_STEPS", "3")
     assert stand_in(sweep, resume=True) == 0

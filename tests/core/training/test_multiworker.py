@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[3]
 # What a finished run folder holds, whoever trained it; backup/ and checkpoints/ are gone once it finishes.
 RUN_FILES = {"config.json", "status.json", "history.jsonl", "model.keras", "threshold.json", "metrics.json",
              "splits.json", "plan.json", "log.txt", "tensorboard"}
-# Measured on this 2-core CPU (README, "Scaling out"): without BatchNorm in training mode, dropout or augmentation,
+# Measured on this 2-core CPU (docs/scaling.md): without BatchNorm in training mode, dropout or augmentation,
 # two workers reproduce one process to float32 rounding (largest val-loss difference seen 1.6e-5, same test AUC).
 VAL_LOSS_TOLERANCE = 1e-4
 AUC_TOLERANCE = 1e-3
