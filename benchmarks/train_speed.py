@@ -76,7 +76,7 @@ def ours_worker(spec: dict) -> dict:
             return out
         return wrapper
 
-    trainer._phase_inputs = stamp("phase", trainer._phase_inputs)
+    trainer.phase_inputs = stamp("phase", trainer.phase_inputs)
     runner.finish_run = stamp("finish", runner.finish_run)  # threshold on validation, then the test evaluation
     run = RunStore(Path(spec["store"])).create(config)
     start = time.perf_counter()
@@ -149,7 +149,7 @@ def _median_range(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def _summarise(rounds: list[dict], variants: list[str], pipelines: list[str], n_tr: int, epochs: tuple[int, int]) -> dict:
+def summarise(rounds: list[dict], variants: list[str], pipelines: list[str], n_tr: int, epochs: tuple[int, int]) -> dict:
     """Median and range over the rounds of every stage's seconds, images/s and the ratios that matter."""
     out: dict = {}
     for variant in variants:
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["profile"][dtype] = run_worker("profile", {"root": str(root / "tutorial"), "image_size": size,
                                                                    "batch_size": args.batch_size, "seed": args.seed,
                                                                    "precision": dtype})
-    result["summary"] = _summarise(result["rounds"], variants, pipelines, n_tr, (head_epochs, finetune_epochs))
+    result["summary"] = summarise(result["rounds"], variants, pipelines, n_tr, (head_epochs, finetune_epochs))
 
     rows = []
     for variant, summary in result["summary"].items():

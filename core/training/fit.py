@@ -41,7 +41,8 @@ from core.data.pipeline import load_arrays, make_dataset
 from core.data.splits import run_splits
 from core.training.cluster import barrier, check_same_data, connect_cluster, prepare_multiworker_fit
 
-__all__ = ["Fitted", "fit_run", "class_weights", "compile_classifier", "kept_phase", "PHASES", "MIRRORED_FILES"]
+__all__ = ["Fitted", "fit_run", "phase_inputs", "class_weights", "compile_classifier", "kept_phase", "PHASES",
+           "MIRRORED_FILES"]
 
 log = logging.getLogger("cxr_studio.train")
 PHASES = ("head", "finetune")
@@ -295,7 +296,7 @@ def _train_phase(run: Run, writer: StatusWriter, model, strategy, plan, config: 
     writer.update(phase=name, epoch=committed, step=0, message=f"{name}: starting")
     with strategy.scope():
         set_trainable(model, config.model, name)
-        fit_model, train_ds, val_ds, note = _phase_inputs(model, name, phase, config, plan, batch, train, val)
+        fit_model, train_ds, val_ds, note = phase_inputs(model, name, phase, config, plan, batch, train, val)
         compile_classifier(fit_model, phase.learning_rate, plan.jit_compile)
     stop_requested = run.stop_requested
     if plan.strategy == "multiworker":
@@ -333,7 +334,7 @@ def _train_phase(run: Run, writer: StatusWriter, model, strategy, plan, config: 
     return best
 
 
-def _phase_inputs(model, name: str, phase: PhaseConfig, config: RunConfig, plan, batch: int,
+def phase_inputs(model, name: str, phase: PhaseConfig, config: RunConfig, plan, batch: int,
                   train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]):
     """The model to fit and its data for one phase: cached frozen outputs when that is exact, else images."""
     from core.data.frozen import (cache_plan, features_dataset, frozen_features,  # heavy: Keras, TensorFlow

@@ -6,7 +6,7 @@ import pytest
 from benchmarks.augmentation import verdict
 from benchmarks.dashboard import epoch_lags
 from benchmarks.dashboard_profile import summarise_profile
-from benchmarks.train_speed import _summarise
+from benchmarks.train_speed import summarise
 
 
 def test_epoch_lag_counts_from_the_first_ended_epoch_the_page_does_not_show():
@@ -38,7 +38,7 @@ def test_train_speed_ratios_are_taken_per_round_then_summarised_by_median_and_ra
                         "ours-float32": run(10, 30, "float32"), "ours-same": run(5, 20, "bf16")}},
               {"none": {"tutorial-float32": run(44, 66, "float32"), "tutorial-same": run(22, 33, "bf16"),
                         "ours-float32": run(11, 33, "float32"), "ours-same": run(4, 22, "bf16")}}]
-    summary = _summarise(rounds, ["none"], ["tutorial-float32", "tutorial-same", "ours-float32", "ours-same"],
+    summary = summarise(rounds, ["none"], ["tutorial-float32", "tutorial-same", "ours-float32", "ours-same"],
                          n_tr=100, epochs=(3, 3))["none"]
     same = summary["ratios"]["ours vs tutorial, both float32"]["head"]
     assert (same["min"], same["max"], same["median"]) == pytest.approx((4.0, 4.0, 4.0))
