@@ -200,6 +200,25 @@ def explain_image(run_id: str, path: str, modified: float, image_hash: str, _ima
             "explained": result.explained}
 
 
+@st.cache_data(max_entries=256, show_spinner="Checking the film without its border and markers…")
+def without_cues(run_id: str, path: str, modified: float, image_hash: str, _image: np.ndarray) -> dict[str, Any]:
+    """P(pneumonia) of the film without its border and without its markers (core.evaluation.audit.film_without_cues)."""
+    from core.evaluation.audit import film_without_cues  # heavy: scikit-learn
+
+    return film_without_cues(load_model(path, modified), _image)
+
+
+def cue_sentence(check: dict[str, Any]) -> str:
+    """"The same film without its border → P = 62 %; without its 2 markers → P = 81 %"."""
+    border = (f"without its border (the outer {check['border_fraction']:.0%} of each side replaced by a blurred copy) "
+              f"→ P(pneumonia) = **{check['without_border']:.1%}**")
+    if not check["markers"]:
+        return f"The same film {border}; no laterality letter, text or clip was found near its edges."
+    plural = "s" if check["markers"] > 1 else ""
+    return (f"The same film {border}; without its {check['markers']} marker{plural} (letters, text or clips, "
+            f"inpainted) → P(pneumonia) = **{check['without_markers']:.1%}**.")
+
+
 @st.cache_data(max_entries=256, show_spinner="Checking the heatmap's faithfulness…")
 def faithfulness(run_id: str, path: str, modified: float, image_hash: str, _image: np.ndarray,
                  _cam: np.ndarray, method: str, layer: str, threshold: float) -> dict[str, Any]:

@@ -32,6 +32,7 @@ __all__ = [
     "load_image",
     "is_npz_ref",
     "source_digest",
+    "film_size",
     "image_size_spread",
     "unreadable_files",
 ]
@@ -138,6 +139,19 @@ def unreadable_files(paths: Sequence[str], progress: Callable[[int, int], None] 
     return bad
 
 
+def film_size(source: ImageSource) -> tuple[int, int] | None:
+    """A film file's own (width, height), read from its header only; None for bytes, MedMNIST arrays and unreadable files."""
+    if isinstance(source, (bytes, bytearray, memoryview)) or is_npz_ref(source):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(source) as img:  # header only, no pixel decode
+                return img.width, img.height
+    except Exception:  # noqa: BLE001 - a bad file is reported by load, not here
+        return None
+
+
 def image_size_spread(paths: Sequence[str], sample: int = 200, seed: int = 0) -> dict:
     """Widths and heights of a random sample of image files, read from headers only, and a one-line summary.
 
@@ -149,15 +163,9 @@ def image_size_spread(paths: Sequence[str], sample: int = 200, seed: int = 0) ->
     if files:
         rng = np.random.default_rng(seed)
         chosen = [files[i] for i in rng.choice(len(files), size=min(sample, len(files)), replace=False)]
-        for path in chosen:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    with Image.open(path) as img:  # header only, no pixel decode
-                        widths.append(img.width)
-                        heights.append(img.height)
-            except Exception:  # a bad file is reported by load, not here
-                continue
+        for size in filter(None, map(film_size, chosen)):
+            widths.append(size[0])
+            heights.append(size[1])
     if not widths:
         summary = "n/a" if not files else "no readable headers in the sample"
     else:

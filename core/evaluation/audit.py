@@ -1,18 +1,26 @@
-"""Shortcut audit of a run: where its Grad-CAM sits relative to the film's border, and what masking the border costs in AUC; saved as audit.json.
+"""Shortcut audit of a run: do its calls hold without the film's border, without its burnt-in markers, and regardless of the film's shape? Saved as audit.json.
 
 Chest X-ray classifiers are known to read what is not anatomy: laterality markers, burnt-in
 text, collimation edges, the hospital a film came from (Zech et al., "Variable generalization
 performance of a deep learning model to detect pneumonia in chest radiographs", PLOS Medicine
 2018; DeGrave, Janizek & Lee, "AI for radiographic COVID-19 detection selects shortcuts over
-signal", Nature Machine Intelligence 2021). Most of those cues sit near the edges of the film.
-The audit asks two questions of a run's test split:
+signal", Nature Machine Intelligence 2021). The audit asks of a run's test split, through the
+same model input path as evaluation:
 
-1. How much of the Grad-CAM energy falls in a border band (``border_fraction`` of the side on
-   each edge)? A map spread evenly over the image puts ``1 - (1 - 2f)²`` there (36 % for f = 0.1);
-   a model that reads the lungs puts clearly less.
-2. Does the test ROC AUC drop when the band is set to black, through the same model input path?
-   A drop means the model uses what is in the band. (A black frame is itself new to the model, so
-   a drop is an upper bound on that reliance; no drop is the reassuring result.)
+1. **The border.** The band of ``border_fraction`` of the side on each edge is replaced by a
+   strongly blurred copy of the same film (:func:`core.data.cues.neutral_border`): its letters,
+   text and edges go, its overall brightness stays, so the film is not something new to the model
+   (a black band would be). How many calls change at the run's threshold, and by how much P moves
+   per true class, beside the ROC AUC and a paired patient-bootstrap interval of its change.
+2. **Markers.** Laterality letters, text and clips found near the edges
+   (:func:`core.data.cues.find_markers`) are inpainted; how many calls change, and how much of the
+   Grad-CAM energy sits inside their boxes against their share of the film.
+3. **Shape.** Within each true class, how strongly P follows the film's original width/height
+   (Spearman's ρ with a patient-bootstrap interval): a model that reads the lungs does not.
+4. **Where the heatmap sits**: its energy in the border band against a uniform map's.
+
+The reading in words follows the calls, not the AUC: a model whose calls change on more than a
+few percent of films (:data:`FLIP_TOLERANCE`) depends on the border, whatever its AUC does.
 """
 from __future__ import annotations
 
@@ -20,30 +28,26 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+from PIL import Image, ImageDraw
 
+from core.data.cues import BORDER_FRACTION, border_mask, neutral_border, remove_markers
 from core.data.datasets import CLASS_NAMES
+from core.data.images import film_size
 from core.data.sample import portable_path
+from core.evaluation.cue_stats import box_energy, call_changes, shape_cue
 from core.evaluation.overlay import overlay
 from core.store.runs import RunError
 
-__all__ = ["AUDIT_FILE", "AUDIT_VERSION", "BORDER_FRACTION", "border_mask", "uniform_border_share",
-           "border_share", "mask_border", "shortcut_audit", "read_audit", "audit_reading", "audit_picture"]
+__all__ = ["AUDIT_FILE", "AUDIT_VERSION", "BORDER_FRACTION", "FLIP_TOLERANCE", "MARKER_TOLERANCE", "border_mask",
+           "uniform_border_share", "border_share", "shortcut_audit", "read_audit", "audit_reading", "audit_picture",
+           "film_without_cues"]
 
 AUDIT_FILE = "audit.json"
-AUDIT_VERSION = 1
-BORDER_FRACTION = 0.10
+AUDIT_VERSION = 2  # 1: border set to black, AUC only
+FLIP_TOLERANCE = 0.03  # more calls than this changing without the border: the model depends on the border
+MARKER_TOLERANCE = 0.01  # more calls than this changing without the markers: the model depends on them
 MAP_SIZE = 64  # side of the mean maps saved in audit.json
 Progress = Callable[[float, str], None]
-
-
-def border_mask(size: int, fraction: float = BORDER_FRACTION) -> np.ndarray:
-    """Boolean (size, size), True in the band of ``round(fraction · size)`` pixels along each edge."""
-    if not 0 < fraction < 0.5:
-        raise ValueError(f"border fraction must be in (0, 0.5); got {fraction}")
-    band = max(1, int(round(fraction * size)))
-    mask = np.ones((size, size), dtype=bool)
-    mask[band:size - band, band:size - band] = False
-    return mask
 
 
 def uniform_border_share(size: int, fraction: float = BORDER_FRACTION) -> float:
@@ -63,35 +67,26 @@ def border_share(cams: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndar
     return share[0] if single else share
 
 
-def mask_border(images: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndarray:
-    """A copy of model-input images (N,S,S[,C]) with the border band set to black (0)."""
-    out = np.array(images, copy=True)
-    out[:, border_mask(out.shape[1], fraction)] = 0
-    return out
-
-
 def _small(maps: np.ndarray) -> list[list[float]]:
     """A mean map at MAP_SIZE², rounded, for JSON."""
-    from PIL import Image
-
     img = Image.fromarray(np.asarray(maps, dtype=np.float32), mode="F").resize((MAP_SIZE, MAP_SIZE), Image.BILINEAR)
     return np.round(np.asarray(img, dtype=np.float64), 3).tolist()
 
 
-def _auc_drop_ci(y: np.ndarray, p: np.ndarray, p_masked: np.ndarray, groups: list[str],
-                 n_boot: int = 1000, seed: int = 0) -> list[float | None]:
-    """95 % percentile interval of AUC − masked AUC, both on the same bootstrap samples of patients."""
+def _auc_change_ci(y: np.ndarray, before: np.ndarray, after: np.ndarray, groups: list[str],
+                   n_boot: int = 1000, seed: int = 0) -> list[float | None]:
+    """95 % percentile interval of AUC(after) − AUC(before), both on the same bootstrap samples of patients."""
     from core.evaluation.metrics import weighted_rank_metrics  # the patient bootstrap of the headline intervals
 
     rng = np.random.default_rng(seed)
     _, index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
     n = int(index.max()) + 1
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)[:, index].astype(np.float64)
-    drop = weighted_rank_metrics(y, p, weights)[0] - weighted_rank_metrics(y, p_masked, weights)[0]
-    drop = drop[np.isfinite(drop)]
-    if drop.size < n_boot // 10:
+    change = weighted_rank_metrics(y, after, weights)[0] - weighted_rank_metrics(y, before, weights)[0]
+    change = change[np.isfinite(change)]
+    if change.size < n_boot // 10:
         return [None, None]
-    lo, hi = np.percentile(drop, [2.5, 97.5])
+    lo, hi = np.percentile(change, [2.5, 97.5])
     return [float(lo), float(hi)]
 
 
@@ -99,40 +94,69 @@ def _pct(value: float) -> str:
     return f"{100 * value:.0f} %"
 
 
+def _changes(change: dict[str, Any]) -> str:
+    """"NORMAL 3 of 40 (mean Δp +0.21), PNEUMONIA 0 of 40 (−0.01)"."""
+    return ", ".join(f"{name} {c['flipped']} of {c['n']} (mean Δp {c['mean_delta']:+.2f})"
+                     for name, c in change["per_class"].items())
+
+
 def audit_reading(audit: dict[str, Any]) -> list[str]:
-    """The audit in plain words, one sentence per finding."""
-    share, uniform = audit["border_share"], audit["uniform_border_share"]
+    """The audit in plain words, one sentence per finding; the verdicts follow the calls that change."""
+    lines = []
+    border = audit["border"]
     band = f"the outer {_pct(audit['border_fraction'])} of each side"
+    changed = f"{border['flipped']} of {border['n']} calls ({_pct(border['rate'])})"
+    auc = (f" The test ROC AUC goes from {audit['auc']:.3f} to {audit['auc_border_neutral']:.3f}."
+           if audit.get("auc") is not None and audit.get("auc_border_neutral") is not None else "")
+    if border["rate"] > FLIP_TOLERANCE:
+        lines.append(f"With {band} replaced by a blurred copy of the film, {changed} change at the run's threshold — "
+                     f"{_changes(border)}. The model's calls depend on what is in the border, whatever its AUC "
+                     f"does.{auc}")
+    else:
+        lines.append(f"With {band} replaced by a blurred copy of the film, {changed} change at the run's threshold "
+                     f"(mean |Δp| {border['mean_abs_delta']:.3f}): its calls do not hang on the border's content.{auc}")
+    markers = audit["markers"]
+    if not markers["films"]:
+        lines.append("No laterality letters, text or clips were found near the edges of these films, so the audit "
+                     "cannot say whether the model reads them.")
+    else:
+        energy = markers.get("energy")
+        held = (f" Their boxes cover {_pct(energy['area_share'])} of those films and hold "
+                f"{_pct(energy['energy_share'])} of the heatmap." if energy else "")
+        verdict = ("the calls hang on the markers" if markers["flipped"] > MARKER_TOLERANCE * markers["films"]
+                   else "the markers do not decide the calls")
+        lines.append(f"Markers (letters, text, clips) were found on {markers['films']} of {audit['n']} films.{held} "
+                     f"Inpainting them changes {markers['flipped']} of those {markers['films']} calls "
+                     f"({_pct(markers['flipped'] / markers['films'])}): {verdict}.")
+    shape = audit.get("shape") or {}
+    following = [f"{name} films (ρ = {c['rho']:+.2f}, 95 % CI {c['ci'][0]:+.2f} to {c['ci'][1]:+.2f})"
+                 for name, c in shape.items() if c.get("rho") is not None and c["ci"][0] is not None
+                 and (c["ci"][0] > 0 or c["ci"][1] < 0) and abs(c["rho"]) >= 0.2]
+    measured = [f"{name} ρ = {c['rho']:+.2f}" for name, c in shape.items() if c.get("rho") is not None]
+    if following:
+        lines.append("Within " + " and ".join(following) + ", the probability follows the film's original "
+                     "width/height: the model reads the film's shape or the framing that goes with it.")
+    elif measured:
+        lines.append("Within each class the probability does not follow the film's original width/height ("
+                     + ", ".join(measured) + "; every interval includes no effect or the effect is small).")
+    else:
+        lines.append("The films' original shapes are not known here (or all alike), so the shape cue was not measured.")
+    share, uniform = audit["border_share"], audit["uniform_border_share"]
     if share > uniform + 0.05:
-        where = (f"The heatmaps put {_pct(share)} of their energy in {band}, more than the {_pct(uniform)} an evenly "
-                 "spread map would: the model looks at the edges of the film, where markers, text and "
-                 "collimation edges are, rather than at the lungs.")
+        lines.append(f"The heatmaps put {_pct(share)} of their energy in {band}, more than the {_pct(uniform)} an "
+                     "evenly spread map would: the model looks at the edges of the film.")
     elif share < uniform - 0.05:
-        where = (f"The heatmaps put {_pct(share)} of their energy in {band}, less than the {_pct(uniform)} an evenly "
-                 "spread map would: they sit mostly inside the film, away from its edges.")
+        lines.append(f"The heatmaps put {_pct(share)} of their energy in {band}, less than the {_pct(uniform)} an "
+                     "evenly spread map would: they sit mostly inside the film.")
     else:
-        where = (f"The heatmaps put {_pct(share)} of their energy in {band}, about the {_pct(uniform)} an evenly "
-                 "spread map would: they are not concentrated on the lungs.")
-    auc, masked = audit["auc"], audit["auc_border_masked"]
-    lo, hi = audit.get("auc_drop_ci") or (None, None)
-    if auc is None or masked is None:
-        return [where, "The AUC comparison needs test images of both classes."]
-    drop = auc - masked
-    change = f"from {auc:.3f} to {masked:.3f}"
-    interval = f" (95 % CI of the drop {lo:+.3f} to {hi:+.3f})" if lo is not None else ""
-    if abs(drop) < 0.02:
-        cost = (f"Blacking out the border leaves the test ROC AUC where it was ({auc:.3f} → {masked:.3f}{interval}): "
-                "the model does not need the border to rank these films.")
-    elif lo is not None and (lo > 0 or hi < 0):
-        cost = (f"Blacking out the border lowers the test ROC AUC {change}{interval}: the model uses what is in the "
-                "border to rank these films — read its calls with suspicion." if drop > 0 else
-                f"Blacking out the border raises the test ROC AUC {change}{interval}: what is in the border misleads "
-                "the model.")
-    else:
-        cost = (f"Blacking out the border {'lowers' if drop > 0 else 'raises'} the test ROC AUC {change}, but the "
-                f"interval{interval} includes no change: with {audit['n']} films ({audit['n_patients']} patients) "
-                "this test cannot tell whether the model needs the border.")
-    return [where, cost]
+        lines.append(f"The heatmaps put {_pct(share)} of their energy in {band}, about the {_pct(uniform)} an evenly "
+                     "spread map would: they are not concentrated on the lungs.")
+    return lines
+
+
+def _predict(explainer: Any, images: np.ndarray, step: int = 16) -> np.ndarray:
+    return np.concatenate([explainer.gradcam_batch(images[i:i + step].astype(np.float32))[0]
+                           for i in range(0, len(images), step)])
 
 
 def shortcut_audit(run: Any, progress: Progress | None = None, border_fraction: float = BORDER_FRACTION,
@@ -140,10 +164,11 @@ def shortcut_audit(run: Any, progress: Progress | None = None, border_fraction: 
     """Audit a trained run on its saved test split and (by default) save the result as its ``audit.json``.
 
     Grad-CAM (at the backbone's Grad-CAM layer, explaining the class called at the run's
-    threshold, as on the Explain and Demo pages) is computed for every test image; the audit holds
-    the mean map and mean film per true class (64 × 64), the border-band energy share per class and
-    overall beside a uniform map's, and the test ROC AUC unmasked and with the band black, with a
-    patient-bootstrap interval of the difference.
+    threshold, as on the Explain and Demo pages) is computed for every test film. The audit holds
+    the calls that change without the border (neutral fill) and without the markers, per true
+    class, the ROC AUC both ways with a paired patient-bootstrap interval, the heatmap energy in
+    the border band and in the marker boxes, the shape cue, the mean map and film per true class
+    (64 × 64), and every film's figures.
 
     Raises:
         core.store.runs.RunError: no trained model, or no usable test images.
@@ -164,7 +189,8 @@ def shortcut_audit(run: Any, progress: Progress | None = None, border_fraction: 
     explainer = Explainer(load_model(run.model_path), threshold=threshold)
     report(0.05, "loading the test images")
     test = load_test_images(run, config)
-    images = np.repeat(test.images.reshape(len(test.labels), *test.images.shape[1:3], 1), 3, axis=-1)
+    gray = np.asarray(test.images).reshape(len(test.labels), *test.images.shape[1:3]).astype(np.uint8)
+    images = np.repeat(gray[..., None], 3, axis=-1)
     y = np.asarray(test.labels).astype(np.int64)
     size = images.shape[1]
 
@@ -174,24 +200,32 @@ def shortcut_audit(run: Any, progress: Progress | None = None, border_fraction: 
         p, c = explainer.gradcam_batch(images[start:start + step].astype(np.float32))
         probabilities.append(p)
         cams.append(c)
-        report(0.1 + 0.7 * min(start + step, len(y)) / len(y), f"Grad-CAM {min(start + step, len(y))} of {len(y)} films")
+        report(0.1 + 0.6 * min(start + step, len(y)) / len(y), f"Grad-CAM {min(start + step, len(y))} of {len(y)} films")
     prob, cams = np.concatenate(probabilities), np.concatenate(cams)
-    report(0.85, "predicting with the border band black")
-    masked = mask_border(images, border_fraction).astype(np.float32)
-    prob_masked = np.concatenate([explainer.gradcam_batch(masked[i:i + step])[0] for i in range(0, len(y), step)])
+    report(0.72, "predicting with the border replaced by a blurred copy of the film")
+    prob_neutral = _predict(explainer, neutral_border(images, border_fraction), step)
+    report(0.8, "finding and inpainting markers")
+    cleaned, boxes = zip(*(remove_markers(film) for film in gray))
+    with_markers = np.flatnonzero([bool(b) for b in boxes])
+    prob_clean = prob.copy()
+    if len(with_markers):
+        prob_clean[with_markers] = _predict(explainer, np.repeat(np.stack(cleaned)[with_markers][..., None], 3, -1), step)
+    report(0.92, "measuring the shape cue")
+    patients = [r.patient or r.path for r in test.records]
+    aspect = [dims[0] / dims[1] if (dims := film_size(r.path)) else None for r in test.records]
 
     shares = border_share(cams, border_fraction)
     both = 0 < y.sum() < len(y)
     auc = float(roc_auc_score(y, prob)) if both else None
-    auc_masked = float(roc_auc_score(y, prob_masked)) if both else None
-    patients = [r.patient or r.path for r in test.records]
+    auc_neutral = float(roc_auc_score(y, prob_neutral)) if both else None
+    marker_change = call_changes(y[with_markers], prob[with_markers], prob_clean[with_markers], threshold)
     per_class = {}
     for label, name in enumerate(CLASS_NAMES):
         chosen = y == label
         if chosen.any():
             per_class[name] = {"n": int(chosen.sum()), "border_share": float(shares[chosen].mean()),
                                "mean_cam": _small(cams[chosen].mean(axis=0)),
-                               "mean_film": _small(images[chosen, ..., 0].mean(axis=0) / 255.0)}
+                               "mean_film": _small(gray[chosen].mean(axis=0) / 255.0)}
     audit = {
         "version": AUDIT_VERSION,
         "run_id": run.id,
@@ -203,17 +237,25 @@ def shortcut_audit(run: Any, progress: Progress | None = None, border_fraction: 
         "image_size": size,
         "border_fraction": border_fraction,
         "border_px": int(border_mask(size, border_fraction)[size // 2].sum() // 2),
+        "border_fill": "a Gaussian blur of the same film (sigma half the band)",
         "uniform_border_share": uniform_border_share(size, border_fraction),
         "n": int(len(y)),
         "n_patients": len(set(patients)),
         "border_share": float(shares.mean()),
         "per_class": per_class,
+        "border": call_changes(y, prob, prob_neutral, threshold),
         "auc": auc,
-        "auc_border_masked": auc_masked,
-        "auc_drop_ci": _auc_drop_ci(y, prob, prob_masked, patients) if both else [None, None],
+        "auc_border_neutral": auc_neutral,
+        "auc_change_ci": _auc_change_ci(y, prob, prob_neutral, patients) if both else [None, None],
+        "markers": {"films": int(len(with_markers)), "flipped": marker_change["flipped"],
+                    "per_class": marker_change["per_class"],
+                    "energy": box_energy(cams[with_markers], [boxes[i] for i in with_markers])},
+        "shape": shape_cue(y, prob, aspect, patients),
         "per_image": [{"file": portable_path(r.path), "label": int(t), "probability": float(p),
-                       "probability_border_masked": float(q), "border_share": float(b)}
-                      for r, t, p, q, b in zip(test.records, y, prob, prob_masked, shares)],
+                       "probability_border_neutral": float(q), "probability_without_markers": float(c),
+                       "markers": len(b), "aspect_ratio": a, "border_share": float(s)}
+                      for r, t, p, q, c, b, a, s in zip(test.records, y, prob, prob_neutral, prob_clean, boxes, aspect,
+                                                         shares)],
         "skipped": test.skipped,
         "seconds": round(time.time() - started, 1),
     }
@@ -226,8 +268,6 @@ def shortcut_audit(run: Any, progress: Progress | None = None, border_fraction: 
 
 def audit_picture(audit: dict[str, Any], class_name: str, size: int = 320) -> np.ndarray:
     """The mean Grad-CAM of one true class over its mean film, with the border band outlined; uint8 RGB (size, size, 3)."""
-    from PIL import Image, ImageDraw
-
     entry = audit["per_class"][class_name]
     film = Image.fromarray(np.asarray(entry["mean_film"], np.float32) * 255, mode="F").resize((size, size), Image.BILINEAR)
     cam = np.asarray(entry["mean_cam"], np.float32)
@@ -242,3 +282,21 @@ def read_audit(run: Any) -> dict[str, Any] | None:
     """The run's saved audit, or None when there is none (or it is from another audit version)."""
     audit = run.read_json(AUDIT_FILE)
     return audit if audit and audit.get("version") == AUDIT_VERSION else None
+
+
+def film_without_cues(model: Any, image: np.ndarray, border_fraction: float = BORDER_FRACTION) -> dict[str, Any]:
+    """P(pneumonia) of one film as the model sees it (S,S,3, 0..255), without its border and without its markers.
+
+    What the Explain and Demo pages show under the film: whether this answer hangs on a letter in the
+    corner or on the film's edges. ``markers`` is the number of markers found (0: P is unchanged).
+    """
+    from core.evaluation.metrics import sigmoid  # heavy: scikit-learn (with the metrics it sits beside)
+
+    image = np.asarray(image, dtype=np.float32)
+    gray = np.clip(np.round(image[..., 0]), 0, 255).astype(np.uint8)
+    cleaned, boxes = remove_markers(gray)
+    batch = np.stack([image, neutral_border(image[None], border_fraction)[0],
+                      np.repeat(cleaned[..., None], 3, -1).astype(np.float32)])
+    p = sigmoid(np.asarray(model.predict_on_batch(batch)).reshape(-1))
+    return {"probability": float(p[0]), "without_border": float(p[1]), "without_markers": float(p[2]),
+            "markers": len(boxes), "border_fraction": border_fraction}

@@ -209,16 +209,22 @@ def _prevalence_brier(metrics: dict[str, Any]) -> float | None:
 def _audit_section(audit: dict[str, Any] | None) -> list[str]:
     if not audit:
         return ["Not run yet for this run: open Evaluate → *Shortcut audit* (or call `core.evaluation.audit.shortcut_audit`)."]
-    classes = audit.get("per_class") or {}
-    rows = [[name, c["n"], _pct(c["border_share"])] for name, c in classes.items()]
-    rows.append(["all", audit["n"], _pct(audit["border_share"])])
+    border, markers, shape = audit["border"], audit["markers"], audit.get("shape") or {}
+    rows = []
+    for name, c in border["per_class"].items():
+        rho = (shape.get(name) or {}).get("rho")
+        rows.append([name, c["n"], c["flipped"], f"{c['mean_delta']:+.3f}",
+                     (markers["per_class"].get(name) or {}).get("flipped", 0),
+                     _pct(audit["per_class"][name]["border_share"]), "n/a" if rho is None else f"{rho:+.2f}"])
     return [
         f"Grad-CAM at layer `{_esc(audit['layer'])}` for every test image, explaining {audit['target']}. Border band: "
-        f"the outer {_pct(audit['border_fraction'], 0)} of each side ({audit['border_px']} px at {audit['image_size']} px); "
-        f"a uniform map puts {_pct(audit['uniform_border_share'])} of its energy there.", "",
-        _table(["true class", "images", "heatmap energy in the border band"], rows), "",
-        f"Test ROC AUC {_num(audit['auc'])}; with the border band set to black {_num(audit['auc_border_masked'])}; "
-        f"95 % CI of the drop {_ci(audit.get('auc_drop_ci'), False)} (patient bootstrap).", "",
+        f"the outer {_pct(audit['border_fraction'], 0)} of each side ({audit['border_px']} px at {audit['image_size']} px), "
+        f"replaced by {audit['border_fill']}; a uniform map puts {_pct(audit['uniform_border_share'])} of its energy "
+        f"there. Markers (letters, text, clips near the edges) were found on {markers['films']} films and inpainted.", "",
+        _table(["true class", "images", "calls changed without the border", "mean Δp", "calls changed without markers",
+                "heatmap in the border band", "ρ(P, width/height)"], rows), "",
+        f"Test ROC AUC {_num(audit['auc'])}; without the border {_num(audit['auc_border_neutral'])}; "
+        f"95 % CI of the change {_ci(audit.get('auc_change_ci'), False)} (patient bootstrap).", "",
         *[f"- {line}" for line in audit_reading(audit)], "",
         "Shortcuts of this kind are documented for chest radiographs by Zech et al., PLOS Medicine 2018, and "
         "DeGrave, Janizek & Lee, Nature Machine Intelligence 2021.",

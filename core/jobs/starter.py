@@ -217,7 +217,7 @@ def package_starter(source: str | Path, dest: str | Path, *, machine: str | None
         sample = evaluate_run(run, progress=lambda f, m: None)
         say(f"metrics.json ({TEST_FILMS_NAME}): {sample['n']} images, ROC AUC {sample['roc_auc']:.3f}")
         audit = shortcut_audit(run)  # saved as audit.json, so a clone's Evaluate page writes nothing into the folder
-        say(f"audit.json: {audit['border_share']:.0%} of the heatmap in the border band")
+        say(f"audit.json: {audit['border']['flipped']} of {audit['n']} calls change without the border")
 
         run.write_json(STARTER_MARKER, {
             "name": dest.name,

@@ -193,6 +193,8 @@ with verdict:
     else:
         st.markdown("## :blue[:material/circle:] No pneumonia detected")
     st.caption(f"Called pneumonia from {threshold:.0%}, a threshold chosen on validation data.")
+    st.caption(resources.cue_sentence(resources.without_cues(run.id, path, modified, resources.digest(image.tobytes()),
+                                                             image)))
     if truth is not None:
         agree = bool(truth) == pneumonia
         st.markdown(f"**True label: {CLASS_NAMES[truth]}** "

@@ -133,6 +133,27 @@ def test_explain_works_on_the_starter(starter_env):
     assert len(at.image) == 3 and metric(at, "True label") in ("NORMAL", "PNEUMONIA") and "Kermany" in texts(at)
 
 
+def test_explain_and_demo_say_what_the_film_gives_without_its_border_and_markers(starter_env):
+    """The sentence under the film carries the probabilities of core.evaluation.audit.film_without_cues for that film."""
+    from core.data.images import load_image
+    from core.data.sample import local_path
+    from core.evaluation.audit import film_without_cues
+    from core.model.classifier import load_model
+
+    at = open_page("demo")
+    sentence = next(line for line in texts(at).splitlines() if "without its border" in line)
+    assert "P(pneumonia) =" in sentence and "blurred copy" in sentence
+    config = starter_env.config()
+    film = next(p["file"] for p in starter_env.metrics()["predictions"] if p["file"].rsplit("/", 1)[-1] in texts(at))
+    image = load_image(local_path(film), config.data.image_size, config.data.resize_mode)
+    check = film_without_cues(load_model(starter_env.model_path), image)
+    assert f"{check['without_border']:.1%}" in sentence
+    if check["markers"]:
+        assert f"{check['without_markers']:.1%}" in sentence
+    at = open_page("explain")
+    assert "without its border" in texts(at) and not at.exception
+
+
 def test_evaluate_runs_the_shortcut_audit_once_and_offers_the_model_card(starter_env):
     at = open_page("evaluate")
     assert {"Model card (Markdown)", "Model card (HTML)"} <= {b.label for b in at.get("download_button")}
@@ -140,9 +161,11 @@ def test_evaluate_runs_the_shortcut_audit_once_and_offers_the_model_card(starter
     assert not at.exception and (starter_env.path / "audit.json").is_file()
     from core.evaluation.audit import uniform_border_share
 
-    assert metric(at, "A uniform map would put") == f"{100 * uniform_border_share(32):.0f} %"
-    assert metric(at, "Test ROC AUC") == f"{starter_env.read_json('audit.json')['auc']:.3f}"
-    assert "Blacking out the border" in texts(at)
+    audit = starter_env.read_json("audit.json")
+    assert metric(at, "Test ROC AUC") == f"{audit['auc']:.3f}"
+    assert metric(at, "Calls that change without the border") == f"{audit['border']['flipped']} of {audit['n']}"
+    assert "replaced by a blurred copy of the film" in texts(at)
+    assert f"{100 * uniform_border_share(32):.0f} %" in texts(at)  # a uniform map's share, in the reading
     assert not any(b.key == f"audit-{starter_env.id}" for b in at.button)  # saved: no second run
 
 

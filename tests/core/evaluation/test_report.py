@@ -35,8 +35,18 @@ def sample_run(tmp_path):
     run.write_json(AUDIT_FILE, {"version": AUDIT_VERSION, "layer": "top_activation", "target": "the called class",
                                 "border_fraction": 0.1, "border_px": 22, "image_size": 224,
                                 "uniform_border_share": 0.354, "n": int(y.size), "n_patients": 57,
-                                "border_share": 0.61, "per_class": {"NORMAL": {"n": 40, "border_share": 0.7}},
-                                "auc": 0.91, "auc_border_masked": 0.74, "auc_drop_ci": [0.1, 0.25]})
+                                "border_share": 0.61, "border_fill": "a blurred copy of the film",
+                                "per_class": {"NORMAL": {"n": 40, "border_share": 0.7},
+                                              "PNEUMONIA": {"n": 40, "border_share": 0.52}},
+                                "border": {"n": 80, "flipped": 12, "rate": 0.15, "mean_abs_delta": 0.2,
+                                           "per_class": {"NORMAL": {"n": 40, "flipped": 11, "mean_delta": 0.31,
+                                                                    "mean_abs_delta": 0.33},
+                                                         "PNEUMONIA": {"n": 40, "flipped": 1, "mean_delta": 0.02,
+                                                                       "mean_abs_delta": 0.05}}},
+                                "markers": {"films": 30, "flipped": 0, "per_class": {}, "energy": None},
+                                "shape": {"NORMAL": {"n": 40, "rho": 0.45, "ci": [0.2, 0.65]},
+                                          "PNEUMONIA": {"n": 40, "rho": 0.05, "ci": [-0.2, 0.3]}},
+                                "auc": 0.91, "auc_border_neutral": 0.88, "auc_change_ci": [-0.06, 0.01]})
     return run, splits
 
 
@@ -52,7 +62,9 @@ def test_model_card_holds_use_data_recipe_metrics_audit_limits_and_citation(samp
     assert f"| test | 40 | 40 | 80 | {patients} |" in card  # patient counts from splits.json
     assert "EfficientNet-Lite0" in card and "from block 6 up" in card and "1 of 12 epochs run" in card
     assert "95 % CI" in card and "virus | 3 | 1 | 66.7 %" in card and "Brier" in card
-    assert "61 %" in card and "0.740" in card and "uses what is in the border" in card
+    assert "| NORMAL | 40 | 11 | +0.310 | 0 | 70.0 % | +0.45 |" in card and "0.880" in card
+    assert "depend on what is in the border, whatever its AUC does" in card  # 12 of 80 calls change; the AUC barely moves
+    assert "Within NORMAL films (ρ = +0.45" in card and "do not decide the calls" in card
     assert "doi:10.17632/rscbjbr9sj.2" in card and "CC BY 4.0" in card
     assert "card &lt;demo&gt;" in card and "<demo>" not in card  # a run name never becomes markup
     page = model_card_html(run)
