@@ -9,7 +9,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["BackboneSpec", "BACKBONES", "THRESHOLD_LABELS", "THRESHOLD_METHODS", "describe_threshold_rule"]
+__all__ = ["BackboneSpec", "BACKBONES", "THRESHOLD_LABELS", "THRESHOLD_METHODS", "describe_threshold_rule",
+           "RESIZE_MODES"]
+
+# How a film becomes a square (core.data.images.resize_gray): squashed to it (Keras's default), padded to it, or its
+# centred square kept (no squeeze and no padding that would carry the film's shape).
+RESIZE_MODES = ("stretch", "letterbox", "center_square")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from core.config.catalog import BACKBONES, THRESHOLD_METHODS
+from core.config.catalog import BACKBONES, RESIZE_MODES, THRESHOLD_METHODS
 
 __all__ = [
     "ConfigError",
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 DataSource = Literal["demo", "sample", "folder", "kaggle", "medmnist"]
-ResizeMode = Literal["stretch", "letterbox"]
+ResizeMode = Literal["stretch", "letterbox", "center_square"]
 Validation = Literal["patient_split", "official"]
 CacheMode = Literal["memory", "disk", "none"]
 ThresholdMethod = Literal["youden", "robust_youden", "youden_midpoint", "sensitivity", "fixed"]
@@ -66,7 +66,7 @@ class DataConfig:
         _one_of(self.source, ("demo", "sample", "folder", "kaggle", "medmnist"), "data.source")
         _check(self.source != "folder" or bool(self.path), "data.path", "a folder source needs a path")
         _check(16 <= self.image_size <= 1024, "data.image_size", f"must be 16..1024 px; got {self.image_size}")
-        _one_of(self.resize_mode, ("stretch", "letterbox"), "data.resize_mode")
+        _one_of(self.resize_mode, RESIZE_MODES, "data.resize_mode")
         _one_of(self.validation, ("patient_split", "official"), "data.validation")
         _check(0.02 <= self.val_fraction <= 0.5, "data.val_fraction", f"must be 0.02..0.5; got {self.val_fraction}")
         _one_of(self.cache, ("memory", "disk", "none"), "data.cache")

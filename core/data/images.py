@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.config.catalog import RESIZE_MODES
 from core.data.decode import IMAGE_EXTENSIONS, MAX_MEGAPIXELS, MIN_SIDE, ImageLoadError, decode_image, pil_to_gray
 
 ImageSource = bytes | bytearray | memoryview | str | Path
@@ -25,6 +26,8 @@ __all__ = [
     "ImageSource",
     "decode_image",
     "read_image",
+    "RESIZE_MODES",
+    "crop_box",
     "resize_plan",
     "resize_gray",
     "prepare_image",
@@ -178,11 +181,25 @@ def image_size_spread(paths: Sequence[str], sample: int = 200, seed: int = 0) ->
 # --------------------------------------------------------------------------- the model's input
 
 
+def crop_box(width: int, height: int, resize_mode: str) -> tuple[int, int, int, int]:
+    """The part of a film (left, top, right, bottom) that the model sees: all of it, or for ``center_square`` the
+    centred square of its shorter side (as MedMNIST cut its 28 px copies), so no film is squeezed and no padding
+    carries its shape."""
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}; got {resize_mode!r}")
+    if resize_mode != "center_square":
+        return 0, 0, width, height
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
 def resize_plan(width: int, height: int, image_size: int, resize_mode: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    if resize_mode == "stretch":
-        return (image_size, image_size), (0, 0)
+    """The size the (cropped) film is resized to and its offset on the square canvas."""
+    left, top, right, bottom = crop_box(width, height, resize_mode)
     if resize_mode != "letterbox":
-        raise ValueError(f"resize_mode must be 'stretch' or 'letterbox'; got {resize_mode!r}")
+        return (image_size, image_size), (0, 0)
+    width, height = right - left, bottom - top
     scale = image_size / max(width, height)
     new = (max(1, round(width * scale)), max(1, round(height * scale)))
     return new, ((image_size - new[0]) // 2, (image_size - new[1]) // 2)
@@ -191,7 +208,8 @@ def resize_plan(width: int, height: int, image_size: int, resize_mode: str) -> t
 def resize_gray(gray: np.ndarray, image_size: int, resize_mode: str = "stretch") -> np.ndarray:
     """The one resize used everywhere: PIL bilinear (antialiased when shrinking), uint8 (S, S) out.
 
-    ``"letterbox"`` keeps the aspect ratio and pads with black; ``"stretch"`` fills the square.
+    ``"letterbox"`` keeps the aspect ratio and pads with black; ``"stretch"`` fills the square;
+    ``"center_square"`` keeps the centred square of the shorter side (:func:`crop_box`).
     """
     gray = np.asarray(gray)
     if gray.ndim == 3:
@@ -199,6 +217,9 @@ def resize_gray(gray: np.ndarray, image_size: int, resize_mode: str = "stretch")
     if gray.dtype != np.uint8:
         gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
     img = Image.fromarray(gray, mode="L")
+    box = crop_box(img.width, img.height, resize_mode)
+    if box != (0, 0, img.width, img.height):
+        img = img.crop(box)
     size, offset = resize_plan(img.width, img.height, image_size, resize_mode)
     if img.size != size:
         img = img.resize(size, Image.BILINEAR)

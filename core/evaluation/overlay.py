@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from core.data.images import resize_plan
+from core.data.images import crop_box, resize_plan
 
 __all__ = ["COLORMAPS", "colorize", "resize_map", "overlay", "cam_on_film", "mass_inside"]
 
@@ -59,13 +59,17 @@ def cam_on_film(cam: np.ndarray, height: int, width: int, resize_mode: str = "st
     """A model-input heatmap (S,S) mapped back onto the film at its own size (height, width), float32 0..1.
 
     Undoes the framing of :func:`core.data.images.resize_gray`: a stretched film's map is rescaled per
-    axis; a letterboxed film's map is cut to the film's area inside the padding first. The film
-    can then be shown at its true aspect ratio and full resolution, with the heatmap on it.
+    axis; a letterboxed film's map is cut to the film's area inside the padding first; a centre-square
+    film's map covers its square, and the rest of the film, which the model never saw, gets 0. The
+    film can then be shown at its true aspect ratio and full resolution, with the heatmap on it.
     """
     cam = np.asarray(cam, dtype=np.float32)
     size = cam.shape[0]
-    (new_w, new_h), (left, top) = resize_plan(width, height, size, resize_mode)
-    return resize_map(cam[top:top + new_h, left:left + new_w], (height, width))
+    x0, y0, x1, y1 = crop_box(width, height, resize_mode)
+    (new_w, new_h), (left, top) = resize_plan(x1 - x0, y1 - y0, size, resize_mode)
+    out = np.zeros((height, width), dtype=np.float32)
+    out[y0:y1, x0:x1] = resize_map(cam[top:top + new_h, left:left + new_w], (y1 - y0, x1 - x0))
+    return out
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, opacity: float = 0.4, colormap: str = "jet") -> np.ndarray:

@@ -214,7 +214,7 @@ for column, name in zip(preset_columns, PRESETS):
 
 # ---------------------------------------------------------------------------------- settings
 st.subheader("Settings")
-from core.config import BACKBONES  # noqa: E402
+from core.config import BACKBONES, RESIZE_MODES  # noqa: E402
 
 
 def _backbone_changed() -> None:
@@ -294,8 +294,10 @@ with data_tab:
                     + (f" {state.SYNTHETIC_BADGE}" if source == "demo" else ""))
         st.page_link(state.PAGES["data"], label="Change the data source on the Data page", icon=":material/dataset:")
         st.select_slider("Image size (px)", IMAGE_SIZES, key="cfg.data.image_size")
-        st.radio("Resize", ["stretch", "letterbox"], key="cfg.data.resize_mode", horizontal=True,
-                 help="Letterbox keeps the aspect ratio and pads with black.")
+        st.radio("Resize", RESIZE_MODES, key="cfg.data.resize_mode", horizontal=True,
+                 help="Stretch squashes the film to a square (its shape then shows as squeezed anatomy); letterbox "
+                      "keeps the aspect ratio and pads with black (the bars carry the shape); center_square keeps "
+                      "the centred square of the shorter side, as PneumoniaMNIST did.")
         st.radio("Validation set", ["patient_split", "official"], key="cfg.data.validation", horizontal=True,
                  format_func={"patient_split": "carved from train by patient", "official": "the set's own val split"}.get)
         if st.session_state["cfg.data.validation"] == "patient_split":

@@ -174,7 +174,7 @@ def test_real_sample_to_trained_model_to_audit_and_demo(server):
         expect(page.get_by_text("Confusion matrix")).to_be_visible()
         _shoot(page, "evaluate")
         page.get_by_role("button", name="Run the shortcut audit").click()
-        expect(page.get_by_text("Heatmap in the border band")).to_be_visible(timeout=180_000)
+        expect(page.get_by_text("Calls that change without the border")).to_be_visible(timeout=180_000)
         page.get_by_text("Mean Grad-CAM, true NORMAL").scroll_into_view_if_needed()
         _shoot(page, "audit")
 

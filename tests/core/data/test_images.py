@@ -181,3 +181,36 @@ def test_unreadable_files_names_each_broken_file_with_its_reason(tmp_path):
     assert "truncated" in bad[str(tmp_path / "truncated.jpeg")] and "empty" in bad[str(tmp_path / "empty.jpeg")]
     assert "PDF" in bad[str(tmp_path / "notes.png")]
     assert seen[-1] == (4, 4)
+
+
+def test_center_square_keeps_the_middle_of_a_wide_film_unsqueezed():
+    from core.data.images import crop_box, resize_gray
+
+    film = np.zeros((100, 160), np.uint8)
+    film[:, :30] = 255  # the outer 30 columns on the left: cut away by the centred 100 × 100 square
+    film[40:60, 70:90] = 200  # a square in the middle stays a square
+    assert crop_box(160, 100, "center_square") == (30, 0, 130, 100) and crop_box(160, 100, "stretch") == (0, 0, 160, 100)
+    small = resize_gray(film, 50, "center_square")
+    assert small.shape == (50, 50) and small[:, :3].max() == 0
+    rows, cols = np.nonzero(small >= 150)
+    assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 1  # not squeezed
+    squeezed = resize_gray(film, 50, "stretch")
+    rows, cols = np.nonzero(squeezed >= 150)
+    assert (rows.max() - rows.min()) > (cols.max() - cols.min()) + 2  # stretch squeezes it
+
+
+def test_a_center_square_heatmap_goes_back_onto_the_square_it_came_from():
+    from core.evaluation.overlay import cam_on_film
+
+    cam = np.ones((8, 8), np.float32)
+    on_film = cam_on_film(cam, 100, 160, "center_square")
+    assert on_film.shape == (100, 160) and on_film[:, 30:130].min() > 0.99
+    assert on_film[:, :30].max() == 0 and on_film[:, 130:].max() == 0  # the model never saw these columns
+
+
+def test_a_run_can_choose_center_square():
+    from core.config import ConfigError, DataConfig
+
+    DataConfig(resize_mode="center_square").validate()
+    with pytest.raises(ConfigError, match="data.resize_mode"):
+        DataConfig(resize_mode="crop").validate()
