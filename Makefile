@@ -34,6 +34,9 @@ benchmarks: $(STAMP)
 	# results come from the full commands in benchmarks/RESULTS-quality.md).
 	$(PY) -m benchmarks.quality --medmnist --rows small-cnn-scratch --seeds 1 --results models/quality-results \
 	  --out models/quality-medmnist.md
+	# Protocol S over the committed results (prints), and the starter's stability on 20 test films per class.
+	$(PY) -m benchmarks.protocol_s
+	$(PY) -m benchmarks.stability models/starter-efficientnet-lite0 --quick
 	# A validation-only recipe choice in miniature (2 seeds, 100 films per class; prints, writes nothing).
 	$(PY) -m benchmarks.recipe_choice --medmnist --rows small-cnn-scratch,small-cnn-scratch-64 --seeds 2 \
 	  --max-images-per-class 100
