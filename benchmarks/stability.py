@@ -28,9 +28,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from benchmarks._common import base_parser, finish, machine, table
+from benchmarks.quality.results import path_roots, portable
 from core.data.datasets import CLASS_NAMES, find_dataset
 from core.data.decode import decode_image
 from core.data.images import read_image, resize_gray
+from core.store.runs import Run
 
 __all__ = ["SHIFTS", "crop", "gamma", "jpeg", "blur", "half_resolution", "paste_letter", "measure", "main"]
 
@@ -90,7 +92,6 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 def _model(run_dir: Path) -> tuple[Any, dict[str, Any]]:
     from core.model.classifier import load_model  # heavy: Keras
-    from core.store.runs import Run
 
     run = Run(run_dir)
     config = run.config()
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     index = find_dataset(args.data)
     films = [(r.path, r.label) for label in (0, 1)
              for r in [r for r in index.split("test") if r.label == label][:args.films]]
-    result = {"benchmark": "stability", "data": str(args.data), "machine": machine(),
-              "shifts": list(SHIFTS), **measure(args.runs, films)}
+    result = portable({"benchmark": "stability", "data": str(args.data), "machine": machine(), "shifts": list(SHIFTS),
+                       **measure(args.runs, films)}, path_roots())  # no path of this machine in the results
     rows = [[run["run"], name, f"{s['flipped']}/{result['n_films']}", f"{100 * s['flip_rate']:.1f} %",
              s["per_class"]["NORMAL"]["flipped"], s["per_class"]["PNEUMONIA"]["flipped"], f"{s['mean_abs_delta']:.3f}",
              f"{s['mean_delta']:+.3f}"] for run in result["runs"] for name, s in run["shifts"].items()]
