@@ -18,10 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
-from skimage.measure import label, regionprops
-from skimage.morphology import dilation, disk, white_tophat
-from skimage.restoration import inpaint_biharmonic
 
 __all__ = ["BORDER_FRACTION", "Box", "border_mask", "neutral_border", "find_markers", "marker_mask", "remove_markers"]
 
@@ -69,6 +65,8 @@ def neutral_border(images: np.ndarray, fraction: float = BORDER_FRACTION) -> np.
     a shoulder stays bright — but washes out letters, text and sharp collimation edges. Unlike a
     black band it is not itself something the model never saw.
     """
+    from scipy.ndimage import gaussian_filter  # heavy: SciPy, only when a border is filled
+
     images = np.asarray(images)
     out = images.astype(np.float32, copy=True)
     size = images.shape[1]
@@ -82,6 +80,9 @@ def neutral_border(images: np.ndarray, fraction: float = BORDER_FRACTION) -> np.
 
 def find_markers(gray: np.ndarray) -> list[Box]:
     """Small, bright, compact structures near the edges of a uint8 grayscale film (H,W): markers, text, clips."""
+    from skimage.measure import label, regionprops  # heavy: scikit-image, only when markers are looked for
+    from skimage.morphology import dilation, disk, white_tophat
+
     gray = np.asarray(gray)
     if gray.ndim != 2:
         raise ValueError(f"expected a grayscale film (H,W); got shape {gray.shape}")
@@ -126,6 +127,9 @@ def remove_markers(gray: np.ndarray, boxes: list[Box] | None = None) -> tuple[np
     boxes that would cover more than a quarter of the film are not inpainted (nothing sensible
     can be filled in there); the film then comes back unchanged with no box.
     """
+    from skimage.morphology import dilation, disk  # heavy: scikit-image, only when markers are removed
+    from skimage.restoration import inpaint_biharmonic
+
     gray = np.asarray(gray)
     boxes = find_markers(gray) if boxes is None else boxes
     mask = marker_mask(gray.shape, boxes)

@@ -5,7 +5,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from core.data.cues import Box, marker_mask
 from core.data.datasets import CLASS_NAMES
@@ -69,6 +68,8 @@ def shape_cue(labels: np.ndarray, prob: np.ndarray, aspect: Sequence[float | Non
     Films whose original size is unknown are left out; a class needs 10 films with known, varying
     shapes, else its entry says why there is no figure.
     """
+    from scipy.stats import spearmanr  # heavy: SciPy, only when the shape cue is measured
+
     labels, prob = np.asarray(labels), np.asarray(prob, dtype=np.float64)
     known = np.array([a is not None and np.isfinite(a) for a in aspect])
     ratio = np.array([a if ok else np.nan for a, ok in zip(aspect, known)], dtype=np.float64)
