@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from core.config.backend import BACKENDS
 from core.config.catalog import BACKBONES, RESIZE_MODES, THRESHOLD_METHODS
 
 __all__ = [
@@ -29,6 +30,7 @@ CacheMode = Literal["memory", "disk", "none"]
 ThresholdMethod = Literal["youden", "robust_youden", "youden_midpoint", "sensitivity", "fixed"]
 Device = Literal["auto", "cpu", "gpu", "mirrored", "multiworker"]
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+Backend = Literal["tensorflow", "jax"]
 Monitor = Literal["val_loss", "val_exact_auc"]
 MONITORS = ("val_loss", "val_exact_auc")
 
@@ -190,6 +192,8 @@ class TrainConfig:
     threshold_method: ThresholdMethod = "fixed"
     target_sensitivity: float = 0.95
     seed: int = 42
+    # The Keras backend the run trains with (core.config.backend); recorded so Runs and the model card can say it.
+    backend: Backend = "tensorflow"
     device: Device = "auto"
     precision: Precision = "auto"
     jit_compile: bool | Literal["auto"] = "auto"
@@ -210,7 +214,12 @@ class TrainConfig:
         _check(0 <= self.early_stopping_patience <= 100, "train.early_stopping_patience", "must be 0..100")
         _one_of(self.threshold_method, THRESHOLD_METHODS, "train.threshold_method")
         _check(0.5 <= self.target_sensitivity < 1, "train.target_sensitivity", "must be 0.5..<1")
+        _check(self.backend in BACKENDS, "train.backend",
+               f"Keras backend {self.backend!r} is not supported: choose one of {', '.join(BACKENDS)}")
         _one_of(self.device, ("auto", "cpu", "gpu", "mirrored", "multiworker"), "train.device")
+        _check(not (self.backend != "tensorflow" and self.device == "multiworker"), "train.device",
+               f"multiworker (tf.distribute's MultiWorkerMirroredStrategy) needs the TensorFlow backend, not "
+               f"{self.backend}; under JAX, 'auto' or 'mirrored' trains on every GPU of this host")
         _one_of(self.precision, ("auto", "float32", "mixed_bfloat16", "mixed_float16"), "train.precision")
         _one_of(self.jit_compile, (True, False, "auto"), "train.jit_compile")
         _check(self.progress_every_steps >= 1, "train.progress_every_steps", "must be ≥ 1")

@@ -1,8 +1,11 @@
 """Training-time augmentation: AugmentConfig → Keras 3 preprocessing layers, and a preview helper."""
 from __future__ import annotations
 
+import io
+
 import keras
 import numpy as np
+from PIL import Image
 
 from core.config import AugmentConfig
 
@@ -68,7 +71,8 @@ class RandomGamma(keras.layers.Layer):
 class RandomJpegQuality(keras.layers.Layer):
     """Re-encodes each image as a JPEG of random quality in ``min_quality..100``: another export's artefacts.
 
-    TensorFlow only (``tf.image.adjust_jpeg_quality``), like the tf.data pipeline it runs in.
+    On TensorFlow ``tf.image.adjust_jpeg_quality`` inside the tf.data pipeline; on another backend
+    (the feeder calls the layers eagerly) Pillow's JPEG encoder, the same codec family, image by image.
     """
 
     def __init__(self, min_quality: int, seed: int | None = None, **kwargs):
@@ -80,6 +84,8 @@ class RandomJpegQuality(keras.layers.Layer):
     def call(self, x, training: bool = False):
         if not training or not self.min_quality:
             return x
+        if keras.backend.backend() != "tensorflow":
+            return self._pillow(x)
         import tensorflow as tf  # heavy: TensorFlow
 
         quality = keras.random.randint((tf.shape(x)[0],), self.min_quality, 101, seed=self.seed_generator)
@@ -92,6 +98,18 @@ class RandomJpegQuality(keras.layers.Layer):
                         fn_output_signature=tf.float32)
         return tf.cast(tf.reshape(out, tf.shape(x)), x.dtype)
 
+    def _pillow(self, x):
+        batch = np.clip(np.rint(keras.ops.convert_to_numpy(x)), 0, 255).astype(np.uint8)
+        quality = keras.ops.convert_to_numpy(
+            keras.random.randint((len(batch),), self.min_quality, 101, seed=self.seed_generator))
+        out = np.empty(batch.shape, np.float32)
+        for i, (image, q) in enumerate(zip(batch, quality)):
+            buffer = io.BytesIO()
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "JPEG", quality=int(q))
+            decoded = np.asarray(Image.open(buffer))
+            out[i] = decoded.reshape(image.shape)
+        return keras.ops.cast(keras.ops.convert_to_tensor(out), x.dtype)
+
     def get_config(self) -> dict:
         return {**super().get_config(), "min_quality": self.min_quality, "seed": self.seed}
 
@@ -100,7 +118,7 @@ def augmentation_layers(cfg: AugmentConfig, seed: int = 0) -> keras.Sequential |
     """Keras preprocessing layers for ``cfg`` working on float 0..255 batches (B, S, S, C), C = 1 or 3.
 
     Call the result with ``training=True`` (the noise layer is a no-op otherwise). Every layer is
-    tf.data-compatible, so it can run inside ``Dataset.map``.
+    tf.data-compatible, so it can run inside ``Dataset.map``, and runs on any Keras backend (the feeder).
 
     Args:
         cfg: the augmentation settings.
@@ -159,9 +177,7 @@ def preview(image: np.ndarray, cfg: AugmentConfig, n: int = 8, seed: int = 0) ->
     batch = np.repeat(array.reshape(1, *array.shape[:2], -1).astype("float32"), n, axis=0)
     layers = augmentation_layers(cfg, seed)
     if layers is not None:
-        import tensorflow as tf  # the layers run on the TensorFlow backend, as in the tf.data pipeline
-
-        batch = np.asarray(layers(tf.constant(batch), training=True))
+        batch = np.asarray(keras.ops.convert_to_numpy(layers(keras.ops.convert_to_tensor(batch), training=True)))
     out = np.clip(np.rint(batch), 0, 255).astype(np.uint8)
     return [img[..., 0] if squeeze else img for img in out]
 

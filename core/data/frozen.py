@@ -20,10 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import keras
 import numpy as np
 import psutil
-import tensorflow as tf
+
+from core.config.backend import current_backend
+from core.data.batches import batches_of, real_rows
+from core.data.feeder import FeatureBatches
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 __all__ = ["FrozenSplit", "split_at_freeze_boundary", "cache_plan", "compute_frozen", "frozen_features",
            "frozen_cache_key", "features_dataset"]
@@ -94,12 +102,18 @@ def cache_plan(split: FrozenSplit | None, n_images: int, augment_active: bool, e
     return True, f"frozen layers computed once: training from cached outputs at '{split.boundary}' ({size})"
 
 
-def compute_frozen(split: FrozenSplit, dataset: tf.data.Dataset) -> np.ndarray:
+def compute_frozen(split: FrozenSplit, dataset: "tf.data.Dataset") -> np.ndarray:
     """Run the frozen bottom once over a (non-shuffled, non-augmented) dataset; float16 storage.
 
     The forward pass is one compiled function (1.8× faster than calling the model eagerly) and
-    writes into one preallocated array (no list of batches plus a concatenated copy).
+    writes into one preallocated array (no list of batches plus a concatenated copy). On another
+    backend than TensorFlow the dataset is the feeder and the compiled function Keras's own
+    ``predict_on_batch``; rows that only pad a batch are dropped.
     """
+    if current_backend() != "tensorflow":
+        return _compute_frozen_anywhere(split, dataset)
+    import tensorflow as tf  # heavy: TensorFlow
+
     forward = tf.function(lambda x: tf.cast(split.bottom(x, training=False), tf.float16), reduce_retracing=True)
     n = int(dataset.reduce(np.int64(0), lambda count, batch: count + tf.cast(tf.shape(batch[0])[0], tf.int64)))
     out = np.empty((n, *split.bottom.output.shape[1:]), np.float16)
@@ -108,6 +122,18 @@ def compute_frozen(split: FrozenSplit, dataset: tf.data.Dataset) -> np.ndarray:
         batch = forward(images).numpy()
         out[done:done + len(batch)] = batch
         done += len(batch)
+    return out
+
+
+def _compute_frozen_anywhere(split: FrozenSplit, dataset) -> np.ndarray:
+    out = np.empty((len(dataset.labels), *split.bottom.output.shape[1:]), np.float16)
+    done = 0
+    for batch in batches_of(dataset):
+        keep, _ = real_rows(batch)
+        values = np.asarray(keras.ops.convert_to_numpy(split.bottom.predict_on_batch(batch[0]))).astype(np.float16)
+        values = values if keep is None else values[keep]
+        out[done:done + len(values)] = values
+        done += len(values)
     return out
 
 
@@ -129,7 +155,7 @@ def frozen_cache_key(split: FrozenSplit, images: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def frozen_features(split: FrozenSplit, images: np.ndarray, dataset: Callable[[], tf.data.Dataset], *,
+def frozen_features(split: FrozenSplit, images: np.ndarray, dataset: Callable[[], "tf.data.Dataset"], *,
                     cache_dir: str | Path | None = None) -> tuple[np.ndarray, bool]:
     """The frozen bottom's outputs for ``images``: read from ``<cache_dir>/frozen/`` when there, else computed.
 
@@ -167,12 +193,20 @@ def frozen_features(split: FrozenSplit, images: np.ndarray, dataset: Callable[[]
 
 
 def features_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool,
-                     seed: int = 0) -> tf.data.Dataset:
+                     seed: int = 0, class_weight: dict[int, float] | None = None,
+                     multiple_of: int = 1) -> "tf.data.Dataset | FeatureBatches":
     """Batches of cached frozen outputs (float32) with labels, shuffled each epoch when training.
 
     Batches are gathered from ``features`` in place by index: ``from_tensor_slices`` would copy
     the whole cache into the graph (3.3 GiB more for the Kaggle train split at VGG16's block 4).
+    On another backend than TensorFlow: :class:`core.data.feeder.FeatureBatches`, with the class
+    weights and padding of :func:`core.data.pipeline.make_dataset`.
     """
+    if current_backend() != "tensorflow":
+        return FeatureBatches(features, labels, batch_size, training=training, seed=seed, class_weight=class_weight,
+                              multiple_of=multiple_of)
+    import tensorflow as tf  # heavy: TensorFlow
+
     labels = np.asarray(labels, dtype=np.float32)
     shape = tuple(features.shape[1:])
 

@@ -1,4 +1,4 @@
-"""Pipeline: decoding a data set once into cached uint8 arrays (memory or disk) and the tf.data input pipeline over them."""
+"""Pipeline: decoding a data set once into cached uint8 arrays (memory or disk) and the input pipeline over them (tf.data, or the feeder on another backend)."""
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +19,12 @@ from core.data.images import model_pixels
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+    from core.data.feeder import ArrayBatches
+from core.config.backend import current_backend
 from core.data.demo import default_cache_dir
 
-__all__ = ["LoadedArrays", "load_arrays", "make_dataset"]
+__all__ = ["LoadedArrays", "load_arrays", "make_dataset", "weights_in_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +155,11 @@ def load_arrays(
     return LoadedArrays(images, labels, kept, skipped)
 
 
+def weights_in_batches() -> bool:
+    """True when class weights travel in the batches (the feeder, on JAX), False when ``fit`` applies them (tf.data)."""
+    return current_backend() != "tensorflow"
+
+
 def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -160,17 +168,27 @@ def make_dataset(
     training: bool,
     augment: AugmentConfig | None = None,
     seed: int = 0,
-) -> "tf.data.Dataset":
-    """A batched tf.data pipeline over uint8 (N, S, S, 1) images.
+    class_weight: dict[int, float] | None = None,
+    multiple_of: int = 1,
+) -> "tf.data.Dataset | ArrayBatches":
+    """Batches over uint8 (N, S, S, 1) images: a tf.data pipeline on TensorFlow, the feeder on any other backend.
 
     Training: shuffle (seeded, reshuffled every epoch) → batch → augment (if active) → 3
     channels → prefetch. Not training: fixed order, no augmentation. Shuffling and batching
     work on indices, so images are gathered once per batch rather than copied into a shuffle
-    buffer.
+    buffer. On another backend the same arrays go through :class:`core.data.feeder.ArrayBatches`
+    (the same batches when not training; the same layers when training), which also carries
+    ``class_weight`` and pads batches to ``multiple_of`` rows (data-parallel devices); on
+    TensorFlow ``fit`` applies the class weights (:func:`weights_in_batches`).
 
     Yields:
-        ``(float32 (B, S, S, 3) in 0..255, float32 (B,))``.
+        ``(float32 (B, S, S, 3) in 0..255, float32 (B,))``, and the weights ``(B,)`` from the feeder.
     """
+    if current_backend() != "tensorflow":
+        from core.data.feeder import ArrayBatches  # heavy: Keras
+
+        return ArrayBatches(images, labels, batch_size, training=training, augment=augment, seed=seed,
+                            class_weight=class_weight, multiple_of=multiple_of)
     import tensorflow as tf  # heavy: TensorFlow
 
     from core.data.augment import augmentation_layers  # heavy: Keras

@@ -15,6 +15,7 @@ from core.evaluation.threshold import choose_threshold
 if TYPE_CHECKING:
     from core.data.splits import Splits
 
+from core.data.batches import batches_of, real_rows
 from core.data.pipeline import load_arrays, make_dataset
 from core.data.sample import portable_path
 from core.data.splits import evaluation_splits, folder_changes
@@ -44,29 +45,35 @@ def predict_probabilities(model: Any, dataset_or_array: Any, batch_size: int = 3
                           progress: Progress | None = None, total: int | None = None) -> np.ndarray:
     """P(PNEUMONIA) = sigmoid(logit) for every image, as float64 (N,).
 
-    Accepts a ``tf.data.Dataset`` yielding images or ``(images, labels)`` batches, or an array
-    of 0..255 images (N,S,S,3), (N,S,S,1) or a single (S,S,3). ``progress(fraction, message)``
-    is called after each batch (``total`` images are needed for the fraction of a dataset).
+    Accepts the batches of :func:`core.data.pipeline.make_dataset` (a ``tf.data.Dataset`` or, on
+    another backend, the feeder, whose padding rows are dropped), images or ``(images, labels)``
+    batches, or an array of 0..255 images (N,S,S,3), (N,S,S,1) or a single (S,S,3).
+    ``progress(fraction, message)`` is called after each batch (``total`` images are needed for the
+    fraction of a dataset).
     """
-    import tensorflow as tf  # heavy: TensorFlow
-
     logits: list[np.ndarray] = []
     done = 0
-    if isinstance(dataset_or_array, tf.data.Dataset):
-        batches: Iterable = (b[0] if isinstance(b, (tuple, list)) else b for b in dataset_or_array)
-    else:
+    if isinstance(dataset_or_array, np.ndarray) or _is_image_list(dataset_or_array):
         array = _as_model_input(dataset_or_array)
         total = len(array)
-        batches = (array[i:i + batch_size] for i in range(0, len(array), batch_size))
-    for batch in batches:
+        batches: Iterable = ((array[i:i + batch_size], None) for i in range(0, len(array), batch_size))
+    else:
+        batches = ((b[0], real_rows(b)[0]) if isinstance(b, (tuple, list)) else (b, None)
+                   for b in batches_of(dataset_or_array))
+    for batch, keep in batches:
         batch = np.asarray(batch)
-        out = model.predict_on_batch(_as_model_input(batch))
-        logits.append(np.asarray(out, dtype=np.float64).reshape(-1))
-        done += len(batch)
+        out = np.asarray(model.predict_on_batch(_as_model_input(batch)), dtype=np.float64).reshape(-1)
+        out = out if keep is None else out[keep]
+        logits.append(out)
+        done += len(out)
         if progress is not None:
             fraction = min(done / total, 1.0) if total else 0.0
             progress(fraction, f"predicted {done}{f' of {total}' if total else ''} images")
     return sigmoid(np.concatenate(logits)) if logits else np.zeros(0)
+
+
+def _is_image_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and np.asarray(value[0]).ndim >= 2
 
 
 def choose_run_threshold(run: Any, model: Any, dataset: Any, labels: Sequence, groups: Sequence[str],

@@ -10,7 +10,12 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+from core.config.backend import require_tensorflow
+
+TENSORFLOW_ONLY = "Grad-CAM, Grad-CAM++ and Score-CAM (tf-keras-vis on TensorFlow's gradients)"
+require_tensorflow(TENSORFLOW_ONLY)  # one line, not an ImportError
+import tensorflow as tf  # noqa: E402
 
 from core.config import BACKBONES
 from core.evaluation.ensemble import member_models

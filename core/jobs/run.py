@@ -59,10 +59,12 @@ def train_run(run: Run, resume: bool = False, writer: StatusWriter | None = None
             writer.update(state="finished", finished_at=now_iso(), progress=1.0, eta_seconds=0, message="Finished")
             return
         fitted = fit_run(run, writer, device=device, cluster=cluster, mirror_of=mirror_of)
+        keras.distribution.set_distribution(None)  # JAX's DataParallel: the threshold and test run on one device
         if fitted is not None:
             finish_run(run, fitted, writer)
-    finally:  # Keras's dtype policy is global: later models in this process must not inherit the run's
+    finally:  # Keras's dtype policy and distribution are global: later models here must not inherit the run's
         keras.mixed_precision.set_dtype_policy(previous_policy)
+        keras.distribution.set_distribution(None)
         if own_writer:
             writer.close()
 

@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import tensorflow as tf
+
+from core.config.backend import require_tensorflow
+
+TENSORFLOW_ONLY = "SavedModel and TFLite export (TensorFlow's converters)"
+require_tensorflow(TENSORFLOW_ONLY)  # one line, not an ImportError
+import tensorflow as tf  # noqa: E402
 
 from core.model.classifier import load_model
 

@@ -19,14 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from typing import TYPE_CHECKING
+
 import keras
 import numpy as np
-import tensorflow as tf
 
+from core.config.backend import current_backend
+from core.data.batches import batches_of, real_rows
 from core.store.files import atomic_write_text
 from core.store.heartbeat import StatusWriter
 from core.store.runs import Run, StopRequested
 from core.training.cluster import agreed_flag
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 __all__ = ["MONITOR_MODES", "ExactValAUC", "ClassifierCheckpoint", "ResumedEarlyStopping", "AtomicBackupAndRestore",
            "RunProgress", "PhaseCheckpoints", "AgreedStop", "phase_callbacks", "committed_epoch", "replay_monitor",
@@ -55,22 +61,29 @@ class ExactValAUC(keras.callbacks.Callback):
     under ``MirroredStrategy``.
     """
 
-    def __init__(self, val_data: tf.data.Dataset):
+    def __init__(self, val_data: "tf.data.Dataset"):
         super().__init__()
         self.val_data = val_data
         self._forward = None
 
     def on_train_begin(self, logs=None):
         model = self.model
+        if current_backend() != "tensorflow":  # Keras's compiled predict step (jitted on JAX); the feeder's batches
+            self._forward = lambda x: keras.ops.convert_to_numpy(model.predict_on_batch(x))
+            return
+        import tensorflow as tf  # heavy: TensorFlow
+
         self._forward = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
 
     def on_epoch_end(self, epoch, logs=None):
         from sklearn.metrics import roc_auc_score  # heavy: scikit-learn
 
         scores, labels = [], []
-        for x, y in self.val_data:
-            scores.append(self._forward(x).numpy().astype(np.float64).reshape(-1))
-            labels.append(np.asarray(y).reshape(-1))
+        for batch in batches_of(self.val_data):
+            keep, y = real_rows(batch)
+            score = np.asarray(self._forward(batch[0]), dtype=np.float64).reshape(-1)
+            scores.append(score if keep is None else score[keep])
+            labels.append(y if keep is None else y[keep])
         y_true, y_score = np.concatenate(labels), np.concatenate(scores)
         logs["val_exact_auc"] = float(roc_auc_score(y_true, y_score)) if len(np.unique(y_true)) == 2 else float("nan")
 
@@ -247,7 +260,7 @@ class RunProgress(keras.callbacks.Callback):
         self.run.append_history({"type": "epoch", "phase": self.phase, "epoch": epoch + 1,
                                  "seconds": time.time() - self.epoch_start, "best": best,
                                  "stops_phase": bool(self.model.stop_training),
-                                 "iterations": int(self.model.optimizer.iterations.numpy()), **logs})
+                                 "iterations": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)), **logs})
         crash_point("history", epoch + 1)
         log.info("epoch %d (%s)%s: %s", epoch + 1, self.phase, ", best so far" if best else "",
                  ", ".join(f"{key}={value:.4f}" for key, value in sorted(logs.items())))
@@ -266,7 +279,7 @@ class AgreedStop:
     answers of all workers by one all-reduce; between those calls it says no.
     """
 
-    def __init__(self, strategy: tf.distribute.Strategy, local: Callable[[], bool], every: int):
+    def __init__(self, strategy: "tf.distribute.Strategy", local: Callable[[], bool], every: int):
         self.strategy, self.local, self.every = strategy, local, max(1, every)
         self.calls = 0
 
@@ -278,13 +291,14 @@ class AgreedStop:
 
 
 def phase_callbacks(run: Run, writer: StatusWriter, *, classifier: keras.Model, phase: str, start: int,
-                    committed: int, total_epochs: int, monitor: str, patience: int, val_data: tf.data.Dataset,
+                    committed: int, total_epochs: int, monitor: str, patience: int, val_data: "tf.data.Dataset",
                     batch_size: int, every: int, stop_requested: Callable[[], bool]) -> list[keras.callbacks.Callback]:
     """One phase's callbacks, in the order that makes a kill at any instant safe.
 
     The exact AUC first (the others read it), then the checkpoint and early stopping (resumed
     from the phase's epochs up to ``committed``), then our progress row, then the backup that
-    commits the epoch, then NaN stopping and TensorBoard.
+    commits the epoch, then NaN stopping and TensorBoard (Keras's TensorBoard callback writes through
+    TensorFlow's summary ops, so on another backend the epoch rows of history.jsonl are the only log).
     """
     mode = MONITOR_MODES[monitor]
     checkpoints = PhaseCheckpoints(run.path / "checkpoints", phase)
@@ -300,6 +314,7 @@ def phase_callbacks(run: Run, writer: StatusWriter, *, classifier: keras.Model, 
                     batch_size=batch_size, every=every, stop_requested=stop_requested),
         AtomicBackupAndRestore(run.path / "backup" / phase),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard"), profile_batch=0),
     ]
+    if current_backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard"), profile_batch=0))
     return callbacks

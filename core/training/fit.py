@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 
 from core.data.datasets import DatasetError
 from core.data.demo import default_cache_dir
-from core.data.pipeline import load_arrays, make_dataset
+from core.data.pipeline import load_arrays, make_dataset, weights_in_batches
 from core.data.splits import run_splits
 from core.training.cluster import barrier, check_same_data, connect_cluster, prepare_multiworker_fit
+from core.training.device import enable_compile_cache, set_seed
 
 __all__ = ["Fitted", "fit_run", "phase_inputs", "class_weights", "compile_classifier", "kept_phase", "PHASES",
            "MIRRORED_FILES"]
@@ -138,6 +139,7 @@ def fit_run(run: Run, writer: StatusWriter, *, device: str | None = None, cluste
     if first_start and mirror_of is None:
         run.write_json("plan.json", plan.to_dict())
     keras.mixed_precision.set_dtype_policy(plan.precision)
+    enable_compile_cache(default_cache_dir() / "jax-compiled")  # JAX: the next run reads its compiled steps
     writer.update(device=plan.to_dict(), monitor=config.train.monitor)
     log.info("device: %s", plan)
 
@@ -162,7 +164,7 @@ def fit_run(run: Run, writer: StatusWriter, *, device: str | None = None, cluste
             phases.append((name, phase, start, start + phase.epochs))
             start += phase.epochs
     writer.update(epochs_total=start, message="Building the model…")
-    keras.utils.set_random_seed(config.train.seed)  # the same initial weights at every start (and on every worker)
+    set_seed(config.train.seed)  # the same initial weights at every start (and on every worker)
     with strategy.scope():
         model = build_classifier(config.model, size)
 
@@ -276,10 +278,8 @@ def _train_phase(run: Run, writer: StatusWriter, model, strategy, plan, config: 
                  train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
                  weights: dict[int, float] | None, batch: int, mirror_of: Run | None = None) -> Path:
     """One phase as one ``fit`` (resumed by its backup); returns the phase's best checkpoint."""
-    import keras  # heavy: Keras
-
     from core.model.classifier import load_model, set_trainable  # heavy: Keras
-    from core.training.callbacks import (AgreedStop, PhaseCheckpoints, committed_epoch,  # heavy: Keras, TensorFlow
+    from core.training.callbacks import (AgreedStop, PhaseCheckpoints, committed_epoch,  # heavy: Keras
                                          crash_point, phase_callbacks)
 
     start, end, committed = epochs
@@ -292,11 +292,12 @@ def _train_phase(run: Run, writer: StatusWriter, model, strategy, plan, config: 
     start_from = checkpoints.best(committed) or previous_best
     if start_from is not None:
         model.set_weights(load_model(start_from).get_weights())
-    keras.utils.set_random_seed(config.train.seed + committed)
+    set_seed(config.train.seed + committed)
     writer.update(phase=name, epoch=committed, step=0, message=f"{name}: starting")
     with strategy.scope():
         set_trainable(model, config.model, name)
-        fit_model, train_ds, val_ds, note = phase_inputs(model, name, phase, config, plan, batch, train, val)
+        fit_model, train_ds, val_ds, note = phase_inputs(model, name, phase, config, plan, batch, train, val,
+                                                         class_weight=weights)
         compile_classifier(fit_model, phase.learning_rate, plan.jit_compile)
     stop_requested = run.stop_requested
     if plan.strategy == "multiworker":
@@ -314,8 +315,9 @@ def _train_phase(run: Run, writer: StatusWriter, model, strategy, plan, config: 
         every=config.train.progress_every_steps, stop_requested=stop_requested)
     fit_model._initial_epoch = None  # Keras keeps the epoch a BackupAndRestore restored on the model across fits
     try:
-        fit_model.fit(train_ds, validation_data=val_ds, initial_epoch=start, epochs=end, class_weight=weights,
-                      verbose=0, shuffle=False, callbacks=callbacks)  # the tf.data pipeline shuffles
+        fit_model.fit(train_ds, validation_data=val_ds, initial_epoch=start, epochs=end, verbose=0, shuffle=False,
+                      class_weight=None if weights_in_batches() else weights,  # else the feeder's batches carry them
+                      callbacks=callbacks)  # the input pipeline shuffles
     except StopRequested:
         # An epoch with a history row has a complete checkpoint (ModelCheckpoint runs before the progress
         # callback), even when the stop came before its backup was committed: keep the best so far.
@@ -335,8 +337,14 @@ def _train_phase(run: Run, writer: StatusWriter, model, strategy, plan, config: 
 
 
 def phase_inputs(model, name: str, phase: PhaseConfig, config: RunConfig, plan, batch: int,
-                  train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]):
-    """The model to fit and its data for one phase: cached frozen outputs when that is exact, else images."""
+                 train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
+                 class_weight: dict[int, float] | None = None):
+    """The model to fit and its data for one phase: cached frozen outputs when that is exact, else images.
+
+    ``class_weight`` goes into the training batches where the backend's input feeder carries it (JAX);
+    on TensorFlow ``fit`` applies it. Under JAX's DataParallel every batch is padded to a multiple of the
+    device count (:mod:`core.data.feeder`).
+    """
     from core.data.frozen import (cache_plan, features_dataset, frozen_features,  # heavy: Keras, TensorFlow
                                   split_at_freeze_boundary)
 
@@ -346,18 +354,21 @@ def phase_inputs(model, name: str, phase: PhaseConfig, config: RunConfig, plan, 
     # Multi-worker: every worker builds the same pipelines (and frozen outputs of every image); fit
     # gives each its part of every global batch.
     shard = _shard_by_data if plan.strategy == "multiworker" else (lambda dataset: dataset)
+    pad = plan.replicas if plan.backend != "tensorflow" else 1
+    fed = {"class_weight": class_weight, "multiple_of": pad} if weights_in_batches() else {}
     if use_cache:  # with data.cache "disk", frozen outputs are kept on disk too, for the next run of the same bottom
         cache_dir = default_cache_dir() if config.data.cache == "disk" else None
-        features, hits = zip(*(frozen_features(split, x, lambda x=x, y=y: make_dataset(x, y, batch, training=False),
+        features, hits = zip(*(frozen_features(split, x, lambda x=x, y=y: make_dataset(x, y, batch, training=False,
+                                                                                        multiple_of=pad),
                                                cache_dir=cache_dir) for x, y in (train, val)))
         note += "; read from the disk cache" if all(hits) else "; saved to the disk cache" if cache_dir else ""
         return (split.top,
-                shard(features_dataset(features[0], train[1], batch, training=True, seed=config.train.seed)),
-                shard(features_dataset(features[1], val[1], batch, training=False)), note)
+                shard(features_dataset(features[0], train[1], batch, training=True, seed=config.train.seed, **fed)),
+                shard(features_dataset(features[1], val[1], batch, training=False, multiple_of=pad)), note)
     augment = config.augment if augment_active else None
     return (model,
-            shard(make_dataset(*train, batch, training=True, augment=augment, seed=config.train.seed)),
-            shard(make_dataset(*val, batch, training=False)),
+            shard(make_dataset(*train, batch, training=True, augment=augment, seed=config.train.seed, **fed)),
+            shard(make_dataset(*val, batch, training=False, multiple_of=pad)),
             f"training on images ({note})" if note else "training on images")
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from core.config import PRESETS, AugmentConfig, ConfigError, RunConfig, preset
+from core.config.backend import DEFAULT_BACKEND, BackendError, backend_from_env, check_backend, use_backend
 from core.config.paths import REPO_ROOT
 from core.jobs.commands.arguments import add_store_flag
 from core.jobs.commands.startup import import_tensorflow_quietly
@@ -62,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     ov.add_argument("--max-images-per-class", type=int)
     ov.add_argument("--max-test-images-per-class", type=int)
     ov.add_argument("--no-augment", action="store_true")
+    ov.add_argument("--backend", help="the Keras backend to train a new run with: tensorflow (default) or jax "
+                    "(default: $KERAS_BACKEND when set); a run folder always trains on the backend it was created for")
     ov.add_argument("--device", choices=["auto", "cpu", "gpu", "mirrored", "multiworker"])
     ov.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
     ov.add_argument("--seed", type=int)
@@ -91,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "data.max_images_per_class": args.max_images_per_class,
         "data.max_test_images_per_class": args.max_test_images_per_class,
         "train.device": args.device, "train.precision": args.precision, "train.seed": args.seed,
+        "train.backend": args.backend or _env_backend(),
     }
     if args.data:
         if args.data == "demo":
@@ -103,6 +107,37 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         overrides.update({f"augment.{f.name}": False if isinstance(f.default, bool) else 0
                           for f in dataclasses.fields(AugmentConfig)})
     return config.with_overrides(**{k: v for k, v in overrides.items() if v is not None}).validate()
+
+
+def _env_backend() -> str | None:
+    try:
+        return backend_from_env()
+    except BackendError as exc:
+        raise ConfigError(f"train.backend ($KERAS_BACKEND): {exc}") from None
+
+
+def backend_for(args: argparse.Namespace, store: RunStore) -> str:
+    """The Keras backend this process trains on: a run folder's own (config.json), else ``--backend``, ``$KERAS_BACKEND``
+    or TensorFlow, as the new run's config records it.
+
+    Raises:
+        BackendError: an unsupported backend, or ``--backend`` other than the run folder's.
+    """
+    if args.run_dir or args.resume:
+        folder = Path(args.run_dir) if args.run_dir else store.root / args.resume
+        try:
+            raw = json.loads((folder / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return check_backend(args.backend or backend_from_env() or DEFAULT_BACKEND)  # the run's own error comes later
+        recorded = check_backend(((raw.get("train") or {}).get("backend")) or DEFAULT_BACKEND)
+        if args.backend and args.backend != recorded:
+            raise BackendError(f"run {folder.name} was created to train on {recorded}; it trains and resumes on "
+                               f"{recorded}, not {args.backend}")
+        return recorded
+    try:
+        return config_from_args(args).train.backend
+    except (ConfigError, OSError, json.JSONDecodeError):
+        return check_backend(args.backend or backend_from_env() or DEFAULT_BACKEND)  # reported with the run
 
 
 def _list_resumable(store: RunStore) -> int:
@@ -254,13 +289,23 @@ def main(argv: list[str] | None = None) -> int:
               "with --run-dir on the chief's run folder (--create-only makes one)", file=sys.stderr)
         return 2
 
-    import_tensorflow_quietly()
-    from core.jobs.run import run_and_record  # heavy: Keras and TensorFlow, once they are quiet
+    try:  # before anything imports Keras: it reads the backend once
+        backend = use_backend(backend_for(args, store))
+    except BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if backend == "tensorflow":
+        import_tensorflow_quietly()
+    from core.jobs.run import run_and_record  # heavy: Keras (and TensorFlow, once it is quiet)
 
     if args.cpu_devices or os.environ.get("CXR_STUDIO_CPU_DEVICES"):
         from core.training.device import split_cpu  # heavy: TensorFlow
 
-        split_cpu(args.cpu_devices or int(os.environ["CXR_STUDIO_CPU_DEVICES"]))
+        try:
+            split_cpu(args.cpu_devices or int(os.environ["CXR_STUDIO_CPU_DEVICES"]))
+        except BackendError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.estimate:
         return _estimate(args)
     try:

@@ -11,13 +11,13 @@ from core.training.device import plan_device
 def bf16_cpu(monkeypatch):
     """A CPU with AVX512-BF16 and no GPU, whatever this machine has."""
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(device.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(device, "visible_gpus", lambda: [])
 
 
 @pytest.fixture
 def plain_cpu(monkeypatch):
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
-    monkeypatch.setattr(device.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(device, "visible_gpus", lambda: [])
 
 
 def test_vgg16_gets_bfloat16_on_a_bf16_cpu(bf16_cpu):
