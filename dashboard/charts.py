@@ -1,4 +1,4 @@
-"""Dashboard charts and formatting: training curves, run titles and badges, numbers as people read them."""
+"""Dashboard charts and formatting: training curves, run titles and badges, device plans and numbers as people read them."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core.config.backend import DEFAULT_BACKEND
 from core.store.runs import Run
 
 STATE_BADGES = {
@@ -37,6 +38,33 @@ def run_title(run: Run) -> str:
 
 
 # --------------------------------------------------------------------------------- formatting
+BACKEND_LABELS = {"tensorflow": "TensorFlow", "jax": "JAX"}
+
+
+def backend_label(name: str | None) -> str:
+    """A Keras backend as people write it (``jax`` → JAX); none recorded is the default, TensorFlow."""
+    return BACKEND_LABELS.get(name or DEFAULT_BACKEND, str(name))
+
+
+def device_text(device: dict[str, Any], backend: str | None = None) -> str:
+    """The backend and device a run trains on, and why: its device plan (status.json's ``device``, plan.json) as Markdown.
+
+    ``backend``: the run's configured one, named while its trainer has not chosen the device yet.
+    """
+    if not device:
+        return f"**Keras backend:** {backend_label(backend)} · device not chosen yet" if backend else "device: not chosen yet"
+    gpus = device.get("gpus", 0)
+    backend = device.get("backend") or backend or DEFAULT_BACKEND  # plans written before JAX have no backend: TF
+    several = "Keras DataParallel" if backend != "tensorflow" else "MirroredStrategy"
+    what = {"cpu": "CPU", "gpu": "1 GPU", "mirrored": f"{device.get('replicas', gpus)} replicas ({several})",
+            "multiworker": "several machines (MultiWorkerMirroredStrategy)"}.get(device.get("strategy"), device.get("strategy"))
+    names = device.get("gpu_names") or []
+    return (f"**Keras backend:** {backend_label(backend)} · **device:** {what} · GPUs visible: {gpus}"
+            + (f" ({', '.join(map(str, names))})" if names else "")
+            + f" · precision {device.get('precision')} · XLA {'on' if device.get('jit_compile') else 'off'}  \n"
+            + f"Why: {device.get('reason') or 'no reason recorded'}")
+
+
 def pct(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{100 * value:.{digits}f} %"
 

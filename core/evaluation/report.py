@@ -3,7 +3,7 @@
 The model card follows Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019): model
 details, intended use, data, metrics with their uncertainty, quantitative analyses (subtypes,
 calibration, the shortcut audit), limits, and the data citation. Everything in it is read from
-the run folder (config.json, history.jsonl, threshold.json, splits.json, metrics.json,
+the run folder (config.json, history.jsonl, plan.json, threshold.json, splits.json, metrics.json,
 audit.json), so the card is the run's files in words and can be regenerated at any time.
 """
 from __future__ import annotations
@@ -96,7 +96,13 @@ def _recipe(config: Any, run: Any) -> list[str]:
     best = [row.get("val_auc") for row in epochs if row.get("val_auc") is not None]
     if best:
         lines.append(f"- **Validation:** best validation ROC AUC during training {max(best):.3f}")
-    return lines
+    plan = run.read_json("plan.json") or run.raw_status().device or {}  # the trainer's choice at the run's first start
+    names = ", ".join(map(_esc, plan.get("gpu_names") or []))
+    device = (f"{_esc(plan.get('strategy'))} ({plan.get('replicas', 1)} replica(s), {plan.get('gpus', 0)} GPU(s)"
+              f"{f': {names}' if names else ''}), precision {_esc(plan.get('precision'))}, XLA "
+              f"{'on' if plan.get('jit_compile') else 'off'}" + (f" — {_esc(plan['reason'])}" if plan.get("reason") else ""))
+    return lines + [f"- **Keras backend:** {_esc(plan.get('backend') or config.train.backend)}",
+                    f"- **Device:** {device if plan else 'not recorded'}"]
 
 
 def _splits_table(run: Any) -> tuple[str, str, str | None]:
@@ -281,8 +287,6 @@ def model_card(run: Any) -> str:
         "## Model details and training recipe",
         "",
         *_recipe(config, run),
-        f"- **Device:** {_esc((status.device or {}).get('strategy', 'unknown'))}, precision "
-        f"{_esc((status.device or {}).get('precision', 'unknown'))}",
         *_starter_lines(run),
         "",
         "## Data and splits",

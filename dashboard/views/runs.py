@@ -43,6 +43,7 @@ def summary(run: Run) -> dict:
         "backbone": f"ensemble of {len(members)} ({backbone}, …)" if members else backbone,
         "size": config.data.image_size,
         "weights": config.model.weights if config.model.weights in ("imagenet", "none") else "file",
+        "backend": config.train.backend,  # the Keras backend it trained with; any run's model opens here (TensorFlow)
         "epochs": f"{status.epoch}/{status.epochs_total or config.train.head.epochs + config.train.finetune.epochs}",
         "best val AUC": status.best_val_auc,
         "test AUC": metrics.get("roc_auc"),

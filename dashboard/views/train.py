@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.config import PRESETS, ConfigError, RunConfig, preset
+from core.config.backend import BACKENDS, DEFAULT_BACKEND
 from core.config.catalog import THRESHOLD_LABELS
 from core.evaluation.ensemble import member_ids
 from core.jobs.ensemble import create_seed_ensemble
@@ -41,14 +42,16 @@ def _focus_run() -> Run | None:
     return state.run_or_none(mine) or (runs[0] if runs else None)
 
 
-def _device_text(device: dict) -> str:
-    if not device:
-        return "device: not chosen yet"
-    gpus = device.get("gpus", 0)
-    what = {"cpu": "CPU", "gpu": "1 GPU", "mirrored": f"{device.get('replicas', gpus)} replicas (MirroredStrategy)",
-            "multiworker": "several machines (MultiWorkerMirroredStrategy)"}.get(device.get("strategy"), device.get("strategy"))
-    return (f"**Device:** {what} · GPUs visible: {gpus} · precision {device.get('precision')} · "
-            f"XLA {'on' if device.get('jit_compile') else 'off'}  \n{device.get('reason', '')}")
+BACKEND_HELP = ("The training process runs Keras on this backend (config train.backend). On a CPU, JAX's XLA runs "
+                "EfficientNet-Lite's depthwise convolutions far slower than TensorFlow (docs/scaling.md). Whatever "
+                "the backend, this dashboard (TensorFlow) opens, explains and exports the trained model.")
+
+
+def _run_backend(run: Run) -> str | None:
+    try:
+        return run.config().train.backend
+    except Exception:  # noqa: BLE001 - a missing or hand-edited config.json: the plan alone is shown
+        return None
 
 
 def live_panel(run: Run) -> None:
@@ -104,7 +107,7 @@ def live_panel(run: Run) -> None:
             cols[2].metric("Images / s", f"{status.images_per_sec:.0f}" if status.images_per_sec else "—")
             cols[3].metric("Time left", charts.duration(status.eta_seconds) if status.active else "—")
             cols[4].metric("Best val AUC", charts.num(status.best_val_auc))
-            st.markdown(_device_text(status.device))
+            st.markdown(charts.device_text(status.device or run.read_json("plan.json") or {}, _run_backend(run)))
             if status.state == "failed":
                 st.error(f"Training failed: {status.error or 'no reason recorded'}", icon=":material/error:")
                 with st.expander("Training log (last lines)"):
@@ -155,11 +158,14 @@ any_active = (any(run.status().active for run in state.store().list())  # a swee
 
 # ---------------------------------------------------------------------------------- presets
 def _use_preset(name: str) -> None:
-    """Apply a preset's settings, keeping a real data folder the user picked on the Data page."""
+    """Apply a preset's settings, keeping a real data folder the user picked on the Data page and the Keras backend."""
     chosen = {key: st.session_state.get(key) for key in ("cfg.data.source", "cfg.data.path")}
+    backend = st.session_state.get("cfg.train.backend")
     state.apply_config(preset(name))
     if chosen["cfg.data.source"] in ("folder", "kaggle") and chosen["cfg.data.path"]:
         st.session_state.update(chosen)
+    if backend in BACKENDS:  # the backend is this machine's choice, not the recipe's
+        st.session_state["cfg.train.backend"] = backend
     st.session_state["preset"] = name
 
 
@@ -187,8 +193,9 @@ def show_estimate(config: RunConfig, key: str) -> None:
             st.error(result["error"])
         else:
             per_epoch = ", ".join(f"{name} {charts.duration(sec)}" for name, sec in result["seconds_per_epoch"].items())
+            backend = (result.get("device") or {}).get("backend") or config.train.backend
             st.markdown(f":material/timer: **about {charts.duration(result['total_seconds'])}** on this machine "
-                        f"({per_epoch} per epoch)")
+                        f"with {charts.backend_label(backend)} ({per_epoch} per epoch)")
             st.caption(result["note"])
     if st.button("Measure on this machine" if text not in known else "Measure again", key=key, icon=":material/timer:",
                  help="Builds the model and times one training batch per phase (a few seconds; longer for big backbones)."):
@@ -329,7 +336,7 @@ with schedule_tab:
         st.number_input("Early stopping patience (epochs, 0 = off)", 0, 100, step=1,
                         key="cfg.train.early_stopping_patience",
                         help="Stop a phase when its best-epoch measure has not improved for this many epochs.")
-    with st.expander("Threshold, device and reproducibility"):
+    with st.expander("Threshold, backend, device and reproducibility"):
         a, b, c = st.columns(3)
         a.selectbox("Decision threshold chosen on validation by", list(THRESHOLD_LABELS), key="cfg.train.threshold_method",
                     format_func=THRESHOLD_LABELS.get,
@@ -337,6 +344,12 @@ with schedule_tab:
                          "never takes part. benchmarks/operating_point.py compares the rules across seeds.")
         if st.session_state["cfg.train.threshold_method"] == "sensitivity":
             a.slider("Target sensitivity", 0.5, 0.99, step=0.01, key="cfg.train.target_sensitivity")
+        if st.session_state.get("cfg.train.backend") not in BACKENDS:  # a session from before the choice existed
+            st.session_state["cfg.train.backend"] = DEFAULT_BACKEND
+        b.selectbox("Keras backend", list(BACKENDS), key="cfg.train.backend", format_func=charts.backend_label,
+                    help=BACKEND_HELP)
+        b.caption("TensorFlow: the default, fastest on this CPU. JAX: the same model, for a GPU machine without "
+                  "a CUDA TensorFlow. Multiworker needs TensorFlow.")
         b.selectbox("Device", ["auto", "cpu", "gpu", "mirrored", "multiworker"], key="cfg.train.device")
         b.selectbox("Precision", ["auto", "float32", "mixed_bfloat16", "mixed_float16"], key="cfg.train.precision")
         c.selectbox("XLA compile", ["auto", True, False], key="cfg.train.jit_compile",
@@ -360,7 +373,8 @@ with left:
         st.markdown(f"**{BACKBONES[config.model.backbone].label}** at {config.data.image_size} px, "
                     f"weights *{config.model.weights}*, {epochs} epochs "
                     f"({config.train.head.epochs} head + {config.train.finetune.epochs} fine-tune), "
-                    f"batch {config.train.batch_size}, data: {state.data_label(config)}.")
+                    f"batch {config.train.batch_size}, data: {state.data_label(config)}. "
+                    f"Keras backend: {charts.backend_label(config.train.backend)}.")
         show_estimate(config, key="estimate-current")
     st.page_link(state.PAGES["sweep"], label="Several unfreeze depths or augmentation strengths? Sweep them",
                  icon=":material/grid_view:")

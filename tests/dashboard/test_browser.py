@@ -141,6 +141,7 @@ def test_real_sample_to_trained_model_to_audit_and_demo(server):
         epochs.press("Enter")
         expect(page.get_by_text(f"(12 head + {FINETUNE_EPOCHS} fine-tune)")).to_be_visible()
         expect(page.get_by_text("batch 32, data: bundled real sample")).to_be_visible()
+        expect(page.get_by_text("Keras backend: TensorFlow.")).to_be_visible()  # the default backend, in the summary
         page.get_by_role("button", name="Start training").click()
         expect(page.get_by_text("running").first).to_be_visible(timeout=60_000)
 
@@ -158,6 +159,7 @@ def test_real_sample_to_trained_model_to_audit_and_demo(server):
                 break
             time.sleep(0.5)
         assert page.get_by_text("Finished. Test set").count(), "training did not finish in time"
+        expect(page.get_by_text("Why: Keras on tensorflow").first).to_be_visible()  # the plan's backend and reason
         seen.add(_curve_points(page))
         assert len(seen - {0}) >= 2, f"the live curves never grew; point counts seen: {sorted(seen)}"
         page.evaluate("""() => {
@@ -166,6 +168,11 @@ def test_real_sample_to_trained_model_to_audit_and_demo(server):
             if (plot) plot.scrollIntoView({block: 'end'});
         }""")
         _shoot(page, "train")
+        # The backend choice beside device and precision (opened after the screenshot: it scrolls the page).
+        page.get_by_text("Threshold, backend, device and reproducibility").click()
+        expect(page.get_by_text("Keras backend", exact=True)).to_be_visible()
+        expect(page.get_by_text("Multiworker needs TensorFlow.")).to_be_visible()  # the choice's help line
+        _shoot(page, "train-backend")
 
         # Evaluate: the finished run's test figures, then the shortcut audit (computed once, with progress).
         page.get_by_role("button", name="Evaluate this run").click()

@@ -192,6 +192,35 @@ def test_start_creates_a_run_from_the_settings_and_launches_it(empty_env, monkey
     assert runs[0].config().train.finetune.epochs == 2
 
 
+def test_the_keras_backend_choice_is_saved_in_the_new_runs_config(empty_env, monkeypatch):
+    from core.store.runs import Run, RunStore
+
+    monkeypatch.setattr(Run, "launch", lambda self, resume=False, env=None: 12345)
+    at = open_page("train")
+    backend = at.selectbox(key="cfg.train.backend")
+    assert backend.label == "Keras backend" and backend.value == "tensorflow" and backend.options == ["TensorFlow", "JAX"]
+    assert "Multiworker needs TensorFlow" in texts(at) and "Keras backend: TensorFlow." in texts(at)
+    backend.set_value("jax").run()
+    assert "Keras backend: JAX." in texts(at)
+    next(b for b in at.button if b.key == "use-Quick CPU demo").click().run()  # a preset keeps the machine's backend
+    assert at.selectbox(key="cfg.train.backend").value == "jax"
+    next(b for b in at.button if b.label == "Start training").click().run()
+    (run,) = RunStore().list()
+    assert run.config().train.backend == "jax"
+    assert json.loads((run.path / "config.json").read_text())["train"]["backend"] == "jax"
+
+
+def test_multiworker_on_jax_is_refused_before_start(empty_env):
+    at = open_page("train")
+    at.selectbox(key="cfg.train.backend").set_value("jax").run()
+    at.selectbox(key="cfg.train.device").set_value("multiworker").run()
+    (shown,) = [e.value for e in at.error if e.value.startswith("Fix this setting first")]
+    assert "train.device" in shown and "needs the TensorFlow backend, not jax" in shown
+    assert next(b for b in at.button if b.label == "Start training").disabled
+    at.selectbox(key="cfg.train.backend").set_value("tensorflow").run()
+    assert not any(e.value.startswith("Fix this setting first") for e in at.error)
+
+
 def test_three_seeds_start_an_ensemble_of_three_members_sharing_one_split(empty_env, monkeypatch):
     from core.evaluation.ensemble import member_ids
     from core.store.runs import Run, RunStore
@@ -234,7 +263,7 @@ def test_live_panel_shows_the_running_run_and_stops_it(runs_env):
     page = texts(at)
     assert "running-demo" in page and "finetune: epoch 2/8, step 5/14" in [p.proto.text for p in at.get("progress")][0]
     assert metric(at, "Images / s") == "321"
-    assert "CPU" in page and "no GPU found" in page
+    assert "**Keras backend:** TensorFlow · **device:** CPU" in page and "Why: device auto: no GPU found" in page
     next(b for b in at.button if b.label == "Stop").click().run()
     assert running.stop_requested()
     running.stop_path.unlink()
@@ -269,6 +298,28 @@ def test_live_panel_says_when_a_collapsed_fine_tune_gave_way_to_the_head(finishe
     assert "**head** phase" in shown and "collapsed" in shown and "learning rate" in shown
 
 
+def _jax_run(run) -> None:
+    """Make ``run`` one trained on JAX: its config says so and its trainer's plan (plan.json, status.json) too."""
+    run.write_json("config.json", run.config().with_overrides(**{"train.backend": "jax"}).to_dict())
+    plan = {"strategy": "cpu", "replicas": 1, "gpus": 0, "precision": "float32", "jit_compile": True, "workers": 1,
+            "backend": "jax", "gpu_names": [], "reason": "Keras on jax; device auto: no GPU found; precision auto: "
+            "float32 on CPU (bf16 gains were measured on TensorFlow only); XLA on (JAX compiles every step)"}
+    run.write_json("plan.json", plan)
+    run.update_status(device=plan)
+
+
+def test_live_panel_names_the_backend_and_why_its_device_was_chosen(finished_only_env):
+    run = finished_only_env["finished"]
+    _jax_run(run)
+    at = open_page("train", train_run_id=run.id)
+    shown = texts(at)
+    assert "**Keras backend:** JAX · **device:** CPU · GPUs visible: 0 · precision float32 · XLA on" in shown
+    assert "Why: Keras on jax; device auto: no GPU found" in shown and "XLA on (JAX compiles every step)" in shown
+    run.update_status(device={})  # before the trainer has chosen (no plan yet): the backend from its config
+    (run.path / "plan.json").unlink()
+    assert "**Keras backend:** JAX · device not chosen yet" in texts(open_page("train", train_run_id=run.id))
+
+
 def test_failed_run_in_the_live_panel(finished_only_env):
     at = open_page("train", train_run_id=finished_only_env["failed"].id)
     assert any(e.value == f"Training failed: {finished_only_env['failed_error']}" for e in at.error)
@@ -282,6 +333,21 @@ def test_runs_page_lists_every_run_with_its_state(runs_env):
     assert "Validation ROC AUC" in json.dumps(plotly_spec(at))
     labels = [b.label for b in at.get("download_button")]
     assert "Config (JSON)" in labels and "Download model" in labels
+
+
+def test_runs_page_and_model_card_name_the_keras_backend(finished_only_env):
+    from core.evaluation.report import model_card
+
+    finished, failed = finished_only_env["finished"], finished_only_env["failed"]
+    _jax_run(finished)
+    at = open_page("runs")
+    table = at.dataframe[0].value
+    backends = dict(zip(table["id"], table["backend"]))
+    assert backends == {finished.id: "jax", failed.id: "tensorflow"}
+    card = model_card(finished)
+    assert "- **Keras backend:** jax" in card
+    assert "- **Device:** cpu (1 replica(s), 0 GPU(s)), precision float32, XLA on — Keras on jax;" in card
+    assert "- **Keras backend:** tensorflow\n- **Device:** not recorded" in model_card(failed)  # no plan: the config's
 
 
 def test_runs_page_deletes_a_run(finished_only_env):
