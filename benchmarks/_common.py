@@ -94,22 +94,30 @@ def machine() -> dict[str, Any]:
     """What the figures were measured on: CPU, cores usable, memory, accelerators, library versions, load."""
     import keras
     import psutil
-    import tensorflow as tf
 
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
         usable = os.cpu_count()
-    gpus = tf.config.list_physical_devices("GPU")
+    if keras.backend.backend() != "tensorflow":  # Keras on JAX: no TensorFlow to ask (the GPU machine has none)
+        import jax
+
+        gpus = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+        libraries = {"keras_backend": keras.backend.backend(), "jax": jax.__version__}
+    else:
+        import tensorflow as tf
+
+        gpus = [g.name for g in tf.config.list_physical_devices("GPU")]
+        libraries = {"keras_backend": "tensorflow", "tensorflow": tf.__version__}
     return {
         "cpu": _cpu_model(),
         "cpu_flags": _cpu_flags(),
         "cores": usable,
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpus": [g.name for g in gpus],
+        "gpus": gpus,
         "gpu_note": "no GPU on this machine (none lent to this task)" if not gpus else "",
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        **libraries,
         "keras": keras.__version__,
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "-m", _module_name()] + sys.argv[1:]),

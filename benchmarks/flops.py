@@ -1,7 +1,7 @@
 """FLOP/s: our VGG16 training steps (float32 and bfloat16) next to a large matmul on the same CPU, same run.
 
-Nominal FLOPs are counted analytically from the layers (2·H·W·k²·Cin·Cout per convolution, 2·in·out
-per dense layer; backward = weight gradients of trainable layers + input gradients of every layer
+Nominal FLOPs are counted analytically from the layers (2·H·W·k²·Cin·Cout per convolution, 2·H·W·k²·C
+per depthwise convolution, 2·in·out per dense layer; backward = weight gradients of trainable layers + input gradients of every layer
 above the first trainable one), so "achieved FLOP/s" is comparable with the matmul, which is the
 best this CPU does through TensorFlow/oneDNN. Timings are interleaved (fp32, bf16, fp32, …) so a
 change in the machine's load hits both precisions alike; the minimum over repetitions is reported.
@@ -31,7 +31,11 @@ def conv_dense_flops(model, trainable_from: str | None) -> tuple[float, float]:
         if trainable_from is not None and layer.name == trainable_from:
             above = True
         flops = 0.0
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):  # one k×k filter per input channel
+            _, h, w, cout = layer.output.shape
+            kh, kw = layer.kernel_size
+            flops = 2.0 * h * w * kh * kw * cout
+        elif isinstance(layer, keras.layers.Conv2D):
             _, h, w, cout = layer.output.shape
             kh, kw = layer.kernel_size
             cin = layer.input.shape[-1]
