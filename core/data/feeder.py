@@ -53,12 +53,18 @@ class _Batches(keras.utils.PyDataset):
         return self.order[index * self.batch_size:(index + 1) * self.batch_size]
 
     def _pad(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Indices padded (repeating the first row) to a multiple of the device count, and the weight of each row."""
+        """Indices padded (repeating the first row) to a multiple of the device count, and the weight of each row.
+
+        Keras divides a batch's weighted loss by all its rows, padding included, so the real rows of a padded
+        batch weigh ``padded / real`` more: its loss is then the mean over its real rows, as a short batch's is
+        on one device. (Keras's other metrics take no weights: they count the ≤ devices − 1 padding copies.)
+        """
         weights = self.weights[idx]
         short = -len(idx) % self.multiple_of
         if short:
+            real = len(idx)
             idx = np.concatenate([idx, np.full(short, idx[0])])
-            weights = np.concatenate([weights, np.zeros(short, np.float32)])
+            weights = np.concatenate([weights * (len(idx) / real), np.zeros(short, np.float32)]).astype(np.float32)
         return idx, weights
 
 
