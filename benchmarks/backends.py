@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from benchmarks._common import loadavg, machine  # heavy: Keras (TensorFlow here, the dashboard's backend)
 
-    rows = []
+    described, rows = machine(), []  # before the rounds: its load average is the one at the start
     with tempfile.TemporaryDirectory(prefix="cxr-backends-") as folder:
         for round_ in range(args.rounds):
             order = args.backends.split(",")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["round"] = round_ + 1
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
-    result = {"machine": machine(), "preset": PRESET, "rows": rows, "summary": summarise(rows)}
+    result = {"machine": described, "preset": PRESET, "rows": rows, "summary": summarise(rows)}
     result["machine"]["loadavg_end"] = loadavg()
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
