@@ -7,7 +7,10 @@ import threading
 
 import streamlit as st
 
-from dashboard import state
+from core.config.backend import use_backend
+
+use_backend("tensorflow")  # the dashboard's backend whatever $KERAS_BACKEND says: Grad-CAM and export need it
+from dashboard import state  # noqa: E402  (after the backend: it may import Keras)
 
 st.set_page_config(page_title="cxr-studio", page_icon=":material/pulmonology:", layout="wide")
 
