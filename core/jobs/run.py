@@ -30,6 +30,7 @@ from core.store.heartbeat import StatusWriter
 from core.store.runs import LOG_FORMAT, Run, RunError, StopRequested
 from core.store.status import now_iso
 from core.training.cluster import ClusterError, ClusterTask
+from core.training.device import DataParallelDevices
 from core.training.fit import Fitted, fit_run
 
 __all__ = ["train_run", "finish_run", "readable_error", "cluster_task", "run_and_record"]
@@ -59,12 +60,12 @@ def train_run(run: Run, resume: bool = False, writer: StatusWriter | None = None
             writer.update(state="finished", finished_at=now_iso(), progress=1.0, eta_seconds=0, message="Finished")
             return
         fitted = fit_run(run, writer, device=device, cluster=cluster, mirror_of=mirror_of)
-        keras.distribution.set_distribution(None)  # JAX's DataParallel: the threshold and test run on one device
+        DataParallelDevices.release()  # JAX's DataParallel: the threshold and test run on one device
         if fitted is not None:
             finish_run(run, fitted, writer)
     finally:  # Keras's dtype policy and distribution are global: later models here must not inherit the run's
         keras.mixed_precision.set_dtype_policy(previous_policy)
-        keras.distribution.set_distribution(None)
+        DataParallelDevices.release()
         if own_writer:
             writer.close()
 
