@@ -9,6 +9,7 @@ import streamlit as st
 from core.config import PRESETS, RunConfig, preset
 from core.data.sample import SAMPLE_LICENCE
 from core.evaluation.report import model_card, model_card_html
+from core.evaluation.sites import OperatingPoint, SiteError, operating_point, site_names
 from core.store.runs import Run, RunError, RunStore
 from dashboard.charts import run_title
 from dashboard.resources import sample_usable
@@ -111,6 +112,39 @@ def pick_run() -> Run | None:
                      format_func=lambda rid: run_title(by_id[rid]),
                      help="The trained run shown on Evaluate, Explain and Demo.")
     return by_id[chosen]
+
+
+VALIDATION_CHOICE = "The run's validation threshold"
+
+
+def pick_operating_point(run: Run) -> OperatingPoint:
+    """The shared sidebar choice of where the threshold comes from: the run's validation or one of its site profiles.
+
+    Remembered per run across Evaluate, Explain and Demo (like the run picker); a profile that has gone
+    falls back to validation with a warning.
+    """
+    names = site_names(run)
+    choices = [VALIDATION_CHOICE, *names]
+    remembered = st.session_state.setdefault("site_of", {})
+    chosen = remembered.get(run.id, VALIDATION_CHOICE)
+    if chosen not in choices:
+        chosen = remembered[run.id] = VALIDATION_CHOICE
+    widget = f"_site_picker-{run.id}"
+
+    def remember():
+        remembered[run.id] = st.session_state[widget]
+
+    st.session_state[widget] = chosen
+    with st.sidebar:
+        st.selectbox("Threshold from", choices, key=widget, on_change=remember,
+                     format_func=lambda c: c if c == VALIDATION_CHOICE else f"site profile: {c}",
+                     help="Where the decision threshold comes from: the run's validation split, or a site profile "
+                          "calibrated on one hospital's labelled films (Evaluate → Site profiles).")
+    try:
+        return operating_point(run, None if chosen == VALIDATION_CHOICE else chosen)
+    except SiteError as exc:
+        st.sidebar.warning(f"{exc}; using the run's validation threshold.", icon=":material/warning:")
+        return operating_point(run)
 
 
 def short_path(path: str | Path) -> str:

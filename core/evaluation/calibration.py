@@ -10,7 +10,7 @@ site profile (``sites/<name>.json``) will hold.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -44,9 +44,11 @@ class CrossFitted:
     mean: dict[str, float | None]
     low: dict[str, float | None]  # the smallest and largest value over the splits
     high: dict[str, float | None]
+    calls: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool), repr=False)  # [split, film]: called
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The figures as JSON-ready values (the call matrix is left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "calls"}
 
 
 def cross_fitted(labels: Sequence[int], prob: Sequence[float], patients: Sequence[str], method: str = "youden",
@@ -76,6 +78,7 @@ def cross_fitted(labels: Sequence[int], prob: Sequence[float], patients: Sequenc
         raise ValueError(f"unknown threshold rule {method!r}; choose one of {', '.join(THRESHOLD_METHODS)}")
     rng = np.random.default_rng(seed)
     rows = []
+    calls = np.zeros((n_splits, len(y)), dtype=bool)
     for split in range(n_splits):
         half = set(rng.permutation(unique)[: len(unique) // 2])
         in_a = np.array([g in half for g in groups])
@@ -86,7 +89,7 @@ def cross_fitted(labels: Sequence[int], prob: Sequence[float], patients: Sequenc
             thresholds[name] = choose_threshold(y[fit], p[fit], method, target_sensitivity=target_sensitivity,
                                                 groups=groups[fit], seed=seed + split)
             called_at[score] = thresholds[name]
-        called = p >= called_at
+        called = calls[split] = p >= called_at
         figures = _figures(y, called)
         figures["roc_auc"] = compute_metrics(y, p, 0.5)["roc_auc"]
         rows.append({"split": split, "threshold_set_on_a": thresholds["a"], "threshold_set_on_b": thresholds["b"],
@@ -96,7 +99,7 @@ def cross_fitted(labels: Sequence[int], prob: Sequence[float], patients: Sequenc
         method=method, n_splits=n_splits, n=int(len(y)), n_patients=int(len(unique)), per_split=rows,
         mean={k: float(np.mean(v)) if v else None for k, v in summary.items()},
         low={k: float(np.min(v)) if v else None for k, v in summary.items()},
-        high={k: float(np.max(v)) if v else None for k, v in summary.items()})
+        high={k: float(np.max(v)) if v else None for k, v in summary.items()}, calls=calls)
 
 
 def _figures(y: np.ndarray, called: np.ndarray) -> dict[str, float | None]:

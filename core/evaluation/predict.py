@@ -12,6 +12,7 @@ from core.data.datasets import CLASS_NAMES
 from core.data.decode import ImageLoadError
 from core.data.images import load_image
 from core.evaluation.overlay import overlay
+from core.evaluation.sites import operating_point
 from core.store.runs import RunError, RunStore
 
 __all__ = ["predict_files"]
@@ -22,17 +23,24 @@ def _safe_stem(path: str | Path) -> str:
 
 
 def predict_files(run: Any, paths: Sequence[str | Path], cam: str | None = None, out_dir: str | Path | None = None,
-                  opacity: float = 0.4, colormap: str = "jet", store: Any = None) -> list[dict[str, Any]]:
+                  opacity: float = 0.4, colormap: str = "jet", store: Any = None,
+                  site: str | None = None) -> list[dict[str, Any]]:
     """P(PNEUMONIA) and the called class for each image file, with the run's model and threshold.
 
     The model is loaded once. Each result is ``{"file", "probability", "label", "threshold",
-    "heatmap"}``, where ``heatmap`` is the path of the saved overlay PNG (when ``cam`` names one
+    "threshold_from", "heatmap"}`` (plus ``"calibrated_probability"`` when the site profile has a
+    temperature), where ``heatmap`` is the path of the saved overlay PNG (when ``cam`` names one
     of :data:`core.evaluation.explain.CAM_METHODS`) or None; an image that cannot be read gives
     ``{"file", "error"}`` instead and does not stop the others.
 
     Args:
         run: a ``core.store.runs.Run`` or a run id in ``store``.
         out_dir: where overlays go (created); default ``heatmaps/`` in the working folder.
+        site: a site profile of the run (``sites/<name>.json``) whose threshold calls the films; default the
+            run's validation threshold.
+
+    Raises:
+        core.evaluation.sites.SiteError: ``site`` names no profile of the run.
     """
     from PIL import Image
 
@@ -46,7 +54,8 @@ def predict_files(run: Any, paths: Sequence[str | Path], cam: str | None = None,
     if not Path(run.model_path).is_file():
         raise RunError(f"run {run.path.name} has no trained model ({run.model_path.name}); train it first")
     config = run.config()
-    threshold = float(run.threshold())
+    point = operating_point(run, site)
+    threshold = point.threshold
     model = load_model(run.model_path)
     explainer = explainer_for(model, threshold=threshold) if cam else None
     out = Path(out_dir) if out_dir is not None else Path("heatmaps")
@@ -73,11 +82,15 @@ def predict_files(run: Any, paths: Sequence[str | Path], cam: str | None = None,
         else:
             logit = float(np.asarray(model.predict_on_batch(image[None])).reshape(-1)[0])
             probability = float(1.0 / (1.0 + np.exp(-np.clip(logit, -500, 500))))
-        results.append({
+        result = {
             "file": str(path),
             "probability": probability,
             "label": CLASS_NAMES[int(probability >= threshold)],
             "threshold": threshold,
+            "threshold_from": point.source,
             "heatmap": heatmap,
-        })
+        }
+        if point.temperature is not None:
+            result["calibrated_probability"] = point.calibrated(probability)
+        results.append(result)
     return results

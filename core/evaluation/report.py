@@ -1,4 +1,4 @@
-"""Reports of a run: its model card (Markdown and HTML) and a one-case PNG export for the Demo page.
+"""Reports of a run: its model card (Markdown and HTML); the one-case PNG lives in :mod:`core.evaluation.case_report`.
 
 The model card follows Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019): model
 details, intended use, data, metrics with their uncertainty, quantitative analyses (subtypes,
@@ -9,12 +9,9 @@ audit.json), so the card is the run's files in words and can be regenerated at a
 from __future__ import annotations
 
 import html
-import io
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from core.config import BACKBONES
 from core.config.catalog import describe_threshold_rule
@@ -22,11 +19,11 @@ from core.data.datasets import CLASS_NAMES
 from core.data.sample import SAMPLE_CITATION, SAMPLE_LICENCE
 from core.data.splits import TEST_FILMS_NAME, saved_splits
 from core.evaluation.audit import audit_reading, read_audit
+from core.evaluation.case_report import DISCLAIMER, CaseReport, case_png  # re-exported
+from core.evaluation.sites import list_sites
 
 __all__ = ["DISCLAIMER", "model_card", "model_card_html", "CaseReport", "case_png"]
 
-DISCLAIMER = ("For research and education only — not for diagnosis. This model is not a medical device and "
-              "must not guide patient care.")
 _CARD_ANCHOR = 'Mitchell et al., "Model Cards for Model Reporting", FAT* 2019 (doi:10.1145/3287560.3287596)'
 
 
@@ -282,7 +279,8 @@ def model_card(run: Any) -> str:
         "- **Not for:** diagnosis, triage, screening or any decision about a patient. Not validated clinically; not "
         "a medical device.",
         "- **Input:** one frontal chest radiograph (JPEG, PNG or DICOM), any size; **output:** P(pneumonia) and the "
-        f"call at threshold {threshold.get('threshold', 0.5):.3f}.",
+        f"call at threshold {threshold.get('threshold', 0.5):.3f} (chosen on validation; a site profile below "
+        "replaces it where one is chosen).",
         "",
         "## Model details and training recipe",
         "",
@@ -304,6 +302,15 @@ def model_card(run: Any) -> str:
         "",
         *_audit_section(read_audit(run)),
         "",
+        "## Site profiles",
+        "",
+        *_site_lines(run),
+        "",
+        "## Using it",
+        "",
+        f"- Classify films: `cxr-predict --run {run.id} FILM…` (add `--site NAME` for a site profile's threshold).",
+        f"- Serve it over HTTP: `cxr-serve {run.id}` (add `--site NAME`; see docs/serving.md).",
+        "",
         "## Known limits",
         "",
         *_limits(config, metrics),
@@ -314,6 +321,24 @@ def model_card(run: Any) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _site_lines(run: Any) -> list[str]:
+    """The run's site profiles: where each set the threshold and its cross-fitted figures."""
+    rows = [row for row in list_sites(run) if "error" not in row]
+    if not rows:
+        return ["None: every call uses the threshold chosen on validation. A site with labelled films of its own "
+                "can make one (`cxr-site calibrate RUN FOLDER --name NAME`, or Evaluate → Site profiles)."]
+    lines = ["Thresholds set on a site's own labelled films with the run's rule; figures cross-fitted over patient "
+             "halvings (`sites/<name>.json`).", "",
+             _table(["profile", "made", "films", "threshold", "sensitivity", "specificity", "accuracy",
+                     "uncalibrated sensitivity / specificity"],
+                    [[_esc(r["name"]), str(r["created_at"])[:10], r["n"], f"{r['threshold']:.3f} ({r['method']})",
+                      _pct(r["cross_fitted"]["sensitivity"]), _pct(r["cross_fitted"]["specificity"]),
+                      _pct(r["cross_fitted"]["accuracy"]),
+                      f"{_pct(r['uncalibrated']['sensitivity'])} / {_pct(r['uncalibrated']['specificity'])}"]
+                     for r in rows])]
+    return lines
 
 
 _HTML_STYLE = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:60rem;margin:2rem auto;
@@ -331,86 +356,3 @@ def model_card_html(run: Any) -> str:
     title = html.escape(f"Model card — {run.config().name}")
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{_HTML_STYLE}</style></head><body>\n{body}\n</body></html>\n")
-
-
-# --------------------------------------------------------------------------------------------- one case
-
-
-@dataclass
-class CaseReport:
-    """What one exported case shows."""
-
-    film: np.ndarray  # uint8 grayscale (H, W), as displayed
-    overlay: np.ndarray  # uint8 RGB (H, W, 3), the Grad-CAM overlay of the same film
-    probability: float  # P(pneumonia)
-    threshold: float
-    run: str  # the run in words (title and id)
-    case: str  # file name, or "uploaded image"
-    truth: str | None = None  # "NORMAL" / "PNEUMONIA" when known
-    citation: str | None = None  # the data set's citation when the film comes from it
-
-
-def _fit(image: np.ndarray, height: int) -> "Image.Image":
-    from PIL import Image
-
-    img = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    width = max(1, round(img.width * height / img.height))
-    return img.convert("RGB").resize((width, height), Image.LANCZOS)
-
-
-def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
-    lines, current = [], ""
-    for word in text.split():
-        trial = f"{current} {word}".strip()
-        if draw.textlength(trial, font=font) <= width or not current:
-            current = trial
-        else:
-            lines.append(current)
-            current = word
-    return lines + ([current] if current else [])
-
-
-def _plain(text: str) -> str:
-    """Dashes Pillow's built-in font has no glyph for, as hyphens."""
-    return text.replace("—", "-").replace("–", "-")
-
-
-def case_png(case: CaseReport, height: int = 560) -> bytes:
-    """One case as a PNG: film and Grad-CAM overlay side by side, the probability, threshold, call, run,
-    the not-for-diagnosis notice and, for films of a cited data set, its citation (built with Pillow)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    film, heat = _fit(case.film, height), _fit(case.overlay, height)
-    pad, gap = 32, 16
-    width = max(pad * 2 + film.width + gap + heat.width, 900)
-    title_font, big, text_font, small = (ImageFont.load_default(size=s) for s in (30, 26, 20, 16))
-    called = "PNEUMONIA" if case.probability >= case.threshold else "NORMAL"
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    body = [(f"P(pneumonia) {100 * case.probability:.1f} %  ·  threshold {100 * case.threshold:.1f} %  ·  "
-             f"called {called}", big, (20, 20, 20))]
-    body.append((f"True label: {case.truth} (from the data set)" if case.truth else
-                 "True label: unknown", text_font, (60, 60, 60)))
-    body.append((f"Case: {case.case}", text_font, (60, 60, 60)))
-    body.append((f"Run: {case.run}", text_font, (60, 60, 60)))
-    body.append(("Left: the film as shown. Right: Grad-CAM overlay, warm colours mark what drove the answer.",
-                 small, (90, 90, 90)))
-    footer = [(line, text_font, (170, 30, 30)) for line in _wrap(probe, _plain(DISCLAIMER), text_font, width - 2 * pad)]
-    if case.citation:
-        footer += [(line, small, (90, 90, 90)) for line in
-                   _wrap(probe, f"Film: {case.citation}", small, width - 2 * pad)]
-    line_height = {id(f): int(f.size * 1.45) for f in (title_font, big, text_font, small)}
-    header_h = pad + line_height[id(title_font)] + 8
-    text_h = sum(line_height[id(f)] for _, f, _ in body) + 12
-    footer_h = sum(line_height[id(f)] for _, f, _ in footer) + pad
-    canvas = Image.new("RGB", (width, header_h + height + gap + text_h + footer_h), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((pad, pad), "cxr-studio - one case", font=title_font, fill=(20, 20, 20))
-    canvas.paste(film, (pad, header_h))
-    canvas.paste(heat, (pad + film.width + gap, header_h))
-    y = header_h + height + gap
-    for text, font, colour in body + footer:
-        draw.text((pad, y), _plain(text), font=font, fill=colour)
-        y += line_height[id(font)]
-    buffer = io.BytesIO()
-    canvas.save(buffer, "PNG", optimize=True)
-    return buffer.getvalue()

@@ -96,7 +96,8 @@ if run is None:
     st.stop()
 
 config = run.config()
-threshold = run.threshold()
+point = state.pick_operating_point(run)
+threshold = point.threshold
 if state.is_synthetic(config):
     st.caption(f"{state.SYNTHETIC_BADGE} This model was trained on the **synthetic** demo set; "
                "its answers on real X-rays mean nothing.")
@@ -192,7 +193,9 @@ with verdict:
         st.markdown("## :red[:material/circle:] Signs of pneumonia")
     else:
         st.markdown("## :blue[:material/circle:] No pneumonia detected")
-    st.caption(f"Called pneumonia from {threshold:.0%}, a threshold chosen on validation data.")
+    st.caption(f"Called pneumonia from {threshold:.1%}: "
+               + (f"the threshold of site profile **{point.site}**, set on that site's films."
+                  if point.site else "a threshold chosen on validation data."))
     st.caption(resources.cue_sentence(resources.without_cues(run.id, path, modified, resources.digest(image.tobytes()),
                                                              image)))
     if truth is not None:
@@ -205,7 +208,7 @@ with verdict:
     if zoom > 1:
         st.slider("Across (left → right)", 0.0, 1.0, 0.5, 0.05, key="demo_across")
         st.slider("Down (top → bottom)", 0.0, 1.0, 0.5, 0.05, key="demo_down")
-    from core.evaluation.report import CaseReport, case_png
+    from core.evaluation.case_report import CaseReport, case_png
 
     whole = for_screen(gray)
     sample_films = resources.films_from_sample(run)  # a starter shows the bundled sample's films
@@ -213,7 +216,8 @@ with verdict:
                 + (", downsized" if sample_films else "")
                 if source == "Test cases" and (sample_films or config.data.source in ("sample", "kaggle")) else None)
     report = CaseReport(whole, overlay(whole, for_screen(cam) / 255.0, 0.45), probability,
-                        threshold, f"{charts.run_title(run)} ({run.id})",
+                        threshold, f"{charts.run_title(run)} ({run.id})"
+                        + (f", site profile {point.site}" if point.site else ""),
                         name if source == "Test cases" else "uploaded film", CLASS_NAMES[truth] if truth is not None else None,
                         citation)
     st.download_button("Export this case (PNG)", case_png(report), file_name=f"{Path(name).stem or 'case'}-case.png",

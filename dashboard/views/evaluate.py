@@ -38,8 +38,10 @@ if not metrics or not metrics.get("predictions"):
 predictions = resources.run_predictions(run)  # files as paths on this machine
 labels = np.array([p["label"] for p in predictions], dtype=int)
 probabilities = np.array([p["probability"] for p in predictions], dtype=float)
-run_threshold = float(metrics.get("threshold", run.threshold()))
+run_threshold = float(metrics.get("threshold", run.threshold()))  # the one metrics.json and its intervals are at
 info = metrics.get("threshold_info") or {}
+point = state.pick_operating_point(run)  # the run's validation threshold, or a site profile's
+start_threshold = point.threshold if point.site else run_threshold
 
 saved = metrics.get("splits") or {}
 own_films = saved.get("from") == TEST_FILMS_NAME  # a starter: metrics.json is on other films than splits.json's test
@@ -83,9 +85,9 @@ def metrics_at(run_id: str, modified: float, threshold: float) -> dict:
     return compute_metrics(labels, probabilities, threshold)
 
 
-slider_key = f"threshold-{run.id}"
+slider_key = f"threshold-{run.id}-{point.source}"
 if slider_key not in st.session_state:
-    st.session_state[slider_key] = round(run_threshold, 3)
+    st.session_state[slider_key] = round(start_threshold, 3)
 top_left, top_right = st.columns([4, 1])
 with top_left:
     threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, step=0.001, key=slider_key, format="%.3f",
@@ -94,10 +96,14 @@ with top_right:
     from core.config.catalog import describe_threshold_rule
 
     rule = describe_threshold_rule(info["method"], info.get("target_sensitivity") or 0.95) if info.get("method") else "?"
-    st.caption(f"Run's threshold: **{run_threshold:.3f}**  \nrule, fixed before training: {rule}; chosen on "
-               f"{info.get('chosen_on', 'validation')}")
-    st.button("Reset", on_click=lambda: st.session_state.__setitem__(slider_key, round(run_threshold, 3)),
-              disabled=abs(threshold - run_threshold) < 1e-3)
+    if point.site:
+        st.caption(f"Site profile **{point.site}**: threshold **{point.threshold:.3f}**, set on that site's films "
+                   f"(the run's own: {run_threshold:.3f})")
+    else:
+        st.caption(f"Run's threshold: **{run_threshold:.3f}**  \nrule, fixed before training: {rule}; chosen on "
+                   f"{info.get('chosen_on', 'validation')}")
+    st.button("Reset", on_click=lambda: st.session_state.__setitem__(slider_key, round(start_threshold, 3)),
+              disabled=abs(threshold - start_threshold) < 1e-3)
 
 m = metrics_at(run.id, (run.path / "metrics.json").stat().st_mtime, float(threshold))
 at_run = abs(threshold - run_threshold) < 1e-3
@@ -284,3 +290,7 @@ if audit is not None:
                    + (f"95 % CI of the AUC change {lo:+.3f} to {hi:+.3f} (patient bootstrap, {audit['n_patients']} "
                       "patients). " if lo is not None else "")
                    + f"Audited {audit['created_at'].replace('T', ' ')} in {audit['seconds']:.0f} s.")
+
+from dashboard.views import sites as site_profiles  # noqa: E402  (the section's own imports wait until here)
+
+site_profiles.render(run)

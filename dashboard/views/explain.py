@@ -19,9 +19,10 @@ if run is None:
     st.stop()
 
 config = run.config()
-threshold = run.threshold()
+point = state.pick_operating_point(run)
+threshold = point.threshold
 size, resize_mode = config.data.image_size, config.data.resize_mode
-st.caption(f"Run **{charts.run_title(run)}** · {config.model.backbone} at {size} px · threshold {threshold:.3f} · "
+st.caption(f"Run **{charts.run_title(run)}** · {config.model.backbone} at {size} px · {point.label} · "
            f"trained on {state.data_label(config)}" + (f" {state.SYNTHETIC_BADGE}" if state.is_synthetic(config) else ""))
 
 # ---------------------------------------------------------------------------------- choose an image

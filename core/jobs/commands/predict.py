@@ -28,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_store_flag(parser)
     parser.add_argument("--cam", choices=list(CAM_METHODS), default=None, help="also save a heatmap overlay")
     parser.add_argument("--out", default=None, help="folder for heatmap PNGs (default ./heatmaps)")
+    parser.add_argument("--site", default=None, metavar="NAME",
+                        help="call at this site profile's threshold (cxr-site list RUN); default the run's validation one")
     parser.add_argument("--opacity", type=float, default=0.4, help="heatmap opacity 0..1")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     args = parser.parse_args(argv)
@@ -35,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--opacity must be between 0 and 1")
     try:
         run = RunStore(args.store).get(args.run)
-        results = predict_files(run, args.images, cam=args.cam, out_dir=args.out, opacity=args.opacity)
+        results = predict_files(run, args.images, cam=args.cam, out_dir=args.out, opacity=args.opacity,
+                                site=args.site)
     except (RunError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -245,7 +245,8 @@ def test_predict_cli_json_lines_heatmaps_and_exit_codes(finished_run, tmp_path, 
                  good, str(broken)])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 1 and len(lines) == 2
-    assert set(lines[0]) == {"file", "probability", "label", "threshold", "heatmap"}
+    assert set(lines[0]) == {"file", "probability", "label", "threshold", "threshold_from", "heatmap"}
+    assert lines[0]["threshold_from"] == "validation"
     assert lines[0]["label"] in ("NORMAL", "PNEUMONIA") and lines[0]["threshold"] == 0.45
     with Image.open(lines[0]["heatmap"]) as heatmap:
         assert heatmap.size == (48, 48) and heatmap.mode == "RGB"
