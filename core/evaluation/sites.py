@@ -303,8 +303,9 @@ def calibrate_site(run: Any, folder: str | Path, name: str, *, model: Any = None
         warnings.append(f"{len(identical)} films are byte-identical to films the run trained or validated on "
                         "(left out: that is a leak, not a new site)")
     if leaks["same_patient"]:
-        warnings.append(f"{len(leaks['same_patient'])} films carry a patient id the run trained or validated on "
-                        "(kept: check they are other people)")
+        warnings.append(f"{len(leaks['same_patient'])} films carry a patient id that is also among the run's training "
+                        "or validation films: kept, as an id can name another person (the Kaggle set numbers "
+                        "patients per split); if they are the same people, this is a leak")
     if skipped:
         warnings.append(f"{len(skipped)} unreadable films skipped")
 

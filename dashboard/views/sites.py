@@ -99,7 +99,7 @@ def render(run: Run) -> None:
                   "films": r.get("n"), "threshold": None if "error" in r else round(r["threshold"], 3),
                   "sensitivity (cross-fitted)": charts.pct((r.get("cross_fitted") or {}).get("sensitivity")),
                   "specificity (cross-fitted)": charts.pct((r.get("cross_fitted") or {}).get("specificity")),
-                  "problem": r.get("error", "")} for r in rows]
+                  **({"problem": r["error"]} if any("error" in row for row in rows) else {})} for r in rows]
         st.dataframe(table, hide_index=True, width="stretch")
         names = [r["name"] for r in rows if "error" not in r]
         if names:
