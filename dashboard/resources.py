@@ -100,6 +100,22 @@ def thumbnail(path: str, size: int = 160) -> np.ndarray | None:
     return resize_gray(gray, size, "letterbox")
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def screen_film(path: str, longest: int = 1024) -> np.ndarray | None:
+    """A film in its own framing and aspect ratio, at most ``longest`` pixels a side (uint8), or None when unreadable."""
+    from PIL import Image  # heavy: Pillow, only for the resize
+
+    try:
+        gray = read_image(path, draft_size=longest)
+    except ImageLoadError:
+        return None
+    scale = longest / max(gray.shape[:2])
+    if scale >= 1:
+        return gray
+    size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+    return np.asarray(Image.fromarray(gray).resize(size, Image.LANCZOS))
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def _saved_test_split(manifest: str, modified: float) -> tuple[str, list[tuple[str, int]]]:
     splits = read_manifest(manifest)

@@ -3,7 +3,8 @@
 Every module is parsed (imports inside functions and under ``TYPE_CHECKING`` included: a cycle
 hidden in a function is still a cycle for the reader). The layers, top to bottom, are
 ``core.config`` → ``core.store`` → ``core.data`` → ``core.model`` → ``core.training`` and
-``core.evaluation`` (siblings: neither imports the other) → ``core.jobs`` → ``core.jobs.commands``
+``core.evaluation`` (siblings: neither imports the other) → ``core.jobs`` and ``core.serving`` (siblings) →
+``core.jobs.commands``
 → the ``core.<command>`` entry modules → ``dashboard``. See docs/architecture.md.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ LAYERS: dict[str, int] = {
     "core.training": 4,
     "core.evaluation": 4,
     "core.jobs": 5,
+    "core.serving": 5,  # a sibling of core.jobs: serving a run over HTTP
     "core.jobs.commands": 6,
     "core": 7,  # the package itself and the ``python -m core.<command>`` entry modules
     "dashboard": 8,

@@ -266,3 +266,8 @@ def augmentation_preview(paths: list[str]) -> None:
 train_paths = [r.path for r in index.split(sample_split) if "::" not in r.path][:50]
 if train_paths:
     augmentation_preview(train_paths)
+
+# ---------------------------------------------------------------------------------- shift against a run
+from dashboard.views import shift as shift_section  # noqa: E402  (the section's own imports wait until here)
+
+shift_section.render()

@@ -10,6 +10,7 @@ from core.data.datasets import CLASS_NAMES
 from core.data.decode import ImageLoadError
 from core.data.images import load_image, read_image
 from dashboard import charts, resources, state
+from dashboard.views import reader
 
 ORDERS = ("Misclassified first", "Highest P(pneumonia) first", "Lowest P(pneumonia) first", "File name")
 ZOOMS = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -101,6 +102,10 @@ threshold = point.threshold
 if state.is_synthetic(config):
     st.caption(f"{state.SYNTHETIC_BADGE} This model was trained on the **synthetic** demo set; "
                "its answers on real X-rays mean nothing.")
+if st.segmented_control("View", ("Case browser", "Reader study"), default="Case browser",
+                        key="demo_view") == "Reader study":
+    reader.render(run, point)  # dashboard/views/reader.py: the blinded reading and its results
+    st.stop()
 
 cases = resources.run_predictions(run) or [{"file": f, "label": y, "probability": None}
                                            for f, y in resources.run_test_images(run)]

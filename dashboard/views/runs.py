@@ -9,6 +9,7 @@ from plotly.subplots import make_subplots
 from core.config import BACKBONES
 from core.evaluation.ensemble import member_ids
 from core.jobs.sweep import list_sweeps, sweep_of_runs
+from core.serving import serve_command
 from core.store.runs import Run, RunError
 from dashboard import charts, state
 
@@ -181,6 +182,8 @@ for run in chosen:
             cols[2].caption("No trained model in this run.")
         if run.model_path.is_file():
             state.model_card_downloads(run, key=f"runs-{run.id}")
+            st.caption("Serve this run over HTTP (API keys and limits: docs/serving.md):")
+            st.code(serve_command(run.id), language="bash")
         if starter:
             st.caption(":material/verified: The starter model shipped with the repository: it cannot be deleted here.")
         confirm = st.checkbox("I want to delete this run and its files", key=f"confirm-{run.id}", disabled=starter)

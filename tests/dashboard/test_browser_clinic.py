@@ -1,6 +1,6 @@
 """The clinical validation loop in a real browser (Playwright, Debian's Chromium), on the shipped starter and the bundled
 sample: a shift report on a folder (Data), a site profile made from a labelled folder and then used by Demo (Evaluate →
-Demo), and a 10-film reader study by a scripted reader whose page figures equal hand-computed ones (Demo).
+Demo). The 10-film reader study by a scripted reader is walked through AppTest (tests/dashboard/test_reader_page.py).
 
 Screenshots go to tests/artifacts/ (and the README's to docs/ when CXR_STUDIO_SCREENSHOTS=docs).
 """
@@ -10,11 +10,12 @@ import json
 import shutil
 
 import pytest
+
 from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DOCS, DOCS_MODE, PLOTS_DRAWN, server  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CLINIC_SHOTS = ("shift", "site", "reader")
+CLINIC_SHOTS = ("shift", "site")
 
 
 def _shoot(page, name: str) -> None:
@@ -48,7 +49,7 @@ def test_a_site_profile_made_on_evaluate_sets_the_threshold_demo_calls_at(server
         page.set_default_timeout(60_000)
         page.goto(f"{url}/evaluate")
         page.get_by_role("heading", name="Evaluate", level=1).wait_for()
-        expect(page.get_by_text("Site profiles: set the threshold")).to_be_visible()
+        expect(page.get_by_text("Site profiles: set the threshold")).to_be_visible(timeout=90_000)
         name = page.get_by_role("textbox", name="Profile name")
         name.fill("browser-site")
         name.press("Enter")
@@ -66,3 +67,28 @@ def test_a_site_profile_made_on_evaluate_sets_the_threshold_demo_calls_at(server
         expect(page.get_by_text("browser-site").first).to_be_visible()
         browser.close()
     assert profile["n"] == 80 and profile["cross_fitted"]["n_splits"] == 20
+
+
+def test_a_shift_report_on_a_folder_from_the_data_page(server, real_data):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, runs = server  # the starter's training films are the staged Kaggle copy: real_data must be there
+    starter = _starter(runs)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        page.get_by_role("heading", name="Data", level=1).wait_for()
+        films = page.get_by_role("spinbutton", name="Films per side")
+        films.fill("40")
+        films.press("Enter")
+        page.locator(".st-key-shift_go button").click()
+        expect(page.get_by_text("P(new)").first).to_be_visible(timeout=240_000)  # the most foreign films: the end
+        report = json.loads(next((starter.path / "shifts").glob("*.json")).read_text())
+        assert report["domain"]["n_new"] == 40 and 0.5 <= report["domain"]["auc"] <= 1.0
+        expect(page.get_by_text(f"{report['domain']['auc']:.2f}", exact=True).first).to_be_visible()
+        page.get_by_text("Domain AUC").first.scroll_into_view_if_needed()
+        _shoot(page, "shift")
+        browser.close()
+

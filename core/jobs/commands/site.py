@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from core.evaluation.shift import shift_report
 from core.evaluation.sites import calibrate_site, list_sites, operating_point
 from core.jobs.commands.arguments import add_store_flag
 from core.jobs.commands.startup import import_tensorflow_quietly
@@ -82,9 +83,7 @@ def _list(args: argparse.Namespace, run: Any) -> int:
 
 
 def _report(args: argparse.Namespace, run: Any) -> int:
-    from core.evaluation.shift import shift_report  # heavy: Keras, scikit-learn
-
-    report = shift_report(run, args.folder, max_films=args.max_films)
+    report = shift_report(run, args.folder, max_films=args.max_films, training_folder=args.training_films)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
         return 0
@@ -116,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("run_id")
     report.add_argument("folder", help="films, labelled or not")
     report.add_argument("--max-films", type=int, default=300, help="films sampled from each side")
+    report.add_argument("--training-films", default=None, metavar="DIR",
+                        help="copies of the run's training films (matched by file name), when they are not where "
+                             "splits.json says, or to compare like with like")
     report.add_argument("--json", action="store_true")
     for command in (calibrate, listing, report):
         add_store_flag(command)
