@@ -88,7 +88,7 @@ def test_a_shift_report_on_a_folder_from_the_data_page(server, real_data):
         report = json.loads(next((starter.path / "shifts").glob("*.json")).read_text())
         assert report["domain"]["n_new"] == 40 and 0.5 <= report["domain"]["auc"] <= 1.0
         expect(page.get_by_text(f"{report['domain']['auc']:.2f}", exact=True).first).to_be_visible()
-        page.get_by_text("Domain AUC").first.scroll_into_view_if_needed()
+        page.get_by_text("Shift against a run").first.evaluate("e => e.scrollIntoView({block: 'start'})")
         _shoot(page, "shift")
         browser.close()
 
