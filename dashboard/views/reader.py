@@ -261,8 +261,8 @@ def _roc_chart(figures: list[ReaderFigures], films: list[Film], point: Operating
                 name=f"{f.session}: the calls (95 % intervals)"))
     fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=dict(color="gray", dash="dot", width=1))
     fig.update_layout(height=480, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.2),
-                      xaxis=dict(title="1 − specificity", range=[-0.02, 1.02]),
-                      yaxis=dict(title="sensitivity", range=[-0.02, 1.02], scaleanchor="x"))
+                      xaxis=dict(title="1 − specificity", range=[-0.02, 1.02], constrain="domain"),
+                      yaxis=dict(title="sensitivity", range=[-0.02, 1.02], scaleanchor="x", constrain="domain"))
     return fig
 
 

@@ -217,7 +217,7 @@ def test_real_sample_to_trained_model_to_audit_and_demo(server):
         # The shipped starter model: pick it in the sidebar, then Explain and Demo on its bundled films.
         if (runs / "starter-efficientnet-lite0").is_dir():
             sidebar = page.locator("section[data-testid='stSidebar']")
-            sidebar.locator("[data-testid='stSelectbox']").last.click()  # the run picker
+            sidebar.locator(".st-key-_run_picker").get_by_role("combobox").click()  # the run picker
             page.get_by_role("option", name="starter-efficientnet-lite0").click()
             expect(page.get_by_text("Case 1 of 80")).to_be_visible(timeout=90_000)
             expect(page.get_by_text("Grad-CAM: warm colours")).to_be_visible(timeout=90_000)

@@ -395,7 +395,7 @@ def test_evaluate_says_which_test_images_were_skipped_and_why(finished_only_env)
 def test_threshold_slider_changes_the_confusion_matrix(runs_env):
     at = open_page("evaluate")
     before = plotly_spec(at, 0)["data"][0]["z"]
-    at.slider(key=f"threshold-{runs_env['finished'].id}").set_value(0.9).run()
+    at.slider(key=f"threshold-{runs_env['finished'].id}-validation").set_value(0.9).run()
     after = plotly_spec(at, 0)["data"][0]["z"]
     c = _expected(runs_env["finished"], 0.9)["confusion"]
     assert after == [[c["tn"], c["fp"]], [c["fn"], c["tp"]]]
