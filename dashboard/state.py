@@ -1,8 +1,9 @@
 """Dashboard session state: the settings widgets' values across pages, the chosen run, the sidebar."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -13,6 +14,8 @@ from core.evaluation.sites import OperatingPoint, SiteError, operating_point, si
 from core.store.runs import Run, RunError, RunStore
 from dashboard.charts import run_title
 from dashboard.resources import sample_usable
+
+T = TypeVar("T")
 
 NOTICE = "**Research and education only — not for diagnosis.** Predictions and heatmaps must not guide patient care."
 SYNTHETIC_BADGE = ":orange-badge[synthetic]"
@@ -238,3 +241,17 @@ def augmentation_controls(flip_help: bool = True) -> None:
     st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip",
                 help="Off by default: the heart is on the left, so a flipped chest is not a real anatomy."
                 if flip_help else None)
+
+
+def with_progress(start: str, failed: str, errors: tuple[type[Exception], ...],
+                  work: Callable[[Callable[[float, str], None]], T]) -> T | None:
+    """``work(progress)`` under a progress bar that opens on ``start``; on one of ``errors`` the bar goes and
+    "``failed``: why" is shown instead, and None is returned."""
+    bar = st.progress(0.0, text=start)
+    try:
+        return work(lambda fraction, message: bar.progress(min(fraction, 1.0), text=message))
+    except errors as exc:
+        st.error(f"{failed}: {exc}", icon=":material/error:")
+        return None
+    finally:
+        bar.empty()

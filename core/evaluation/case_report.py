@@ -10,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["DISCLAIMER", "CaseReport", "case_png"]
+__all__ = ["DISCLAIMER", "CaseReport", "case_png", "plain_text", "wrap_text"]
 
 DISCLAIMER = ("For research and education only — not for diagnosis. This model is not a medical device and "
               "must not guide patient care.")
@@ -38,7 +38,8 @@ def _fit(image: np.ndarray, height: int) -> "Image.Image":
     return img.convert("RGB").resize((width, height), Image.LANCZOS)
 
 
-def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
+def wrap_text(draw: Any, text: str, font: Any, width: int) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` pixels in ``font`` (a word longer than that keeps a line)."""
     lines, current = [], ""
     for word in text.split():
         trial = f"{current} {word}".strip()
@@ -50,9 +51,9 @@ def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
     return lines + ([current] if current else [])
 
 
-def _plain(text: str) -> str:
-    """Dashes Pillow's built-in font has no glyph for, as hyphens."""
-    return text.replace("—", "-").replace("–", "-")
+def plain_text(text: str) -> str:
+    """Characters Pillow's built-in font has no glyph for, spelled out (dashes as hyphens, κ as kappa)."""
+    return text.replace("—", "-").replace("–", "-").replace("κ", "kappa")
 
 
 def case_png(case: CaseReport, height: int = 560) -> bytes:
@@ -74,10 +75,10 @@ def case_png(case: CaseReport, height: int = 560) -> bytes:
     body.append((f"Run: {case.run}", text_font, (60, 60, 60)))
     body.append(("Left: the film as shown. Right: Grad-CAM overlay, warm colours mark what drove the answer.",
                  small, (90, 90, 90)))
-    footer = [(line, text_font, (170, 30, 30)) for line in _wrap(probe, _plain(DISCLAIMER), text_font, width - 2 * pad)]
+    footer = [(line, text_font, (170, 30, 30)) for line in wrap_text(probe, plain_text(DISCLAIMER), text_font, width - 2 * pad)]
     if case.citation:
         footer += [(line, small, (90, 90, 90)) for line in
-                   _wrap(probe, f"Film: {case.citation}", small, width - 2 * pad)]
+                   wrap_text(probe, f"Film: {case.citation}", small, width - 2 * pad)]
     line_height = {id(f): int(f.size * 1.45) for f in (title_font, big, text_font, small)}
     header_h = pad + line_height[id(title_font)] + 8
     text_h = sum(line_height[id(f)] for _, f, _ in body) + 12
@@ -89,7 +90,7 @@ def case_png(case: CaseReport, height: int = 560) -> bytes:
     canvas.paste(heat, (pad + film.width + gap, header_h))
     y = header_h + height + gap
     for text, font, colour in body + footer:
-        draw.text((pad, y), _plain(text), font=font, fill=colour)
+        draw.text((pad, y), plain_text(text), font=font, fill=colour)
         y += line_height[id(font)]
     buffer = io.BytesIO()
     canvas.save(buffer, "PNG", optimize=True)

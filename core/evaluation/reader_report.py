@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.data.datasets import CLASS_NAMES
-from core.evaluation.case_report import DISCLAIMER
+from core.evaluation.case_report import DISCLAIMER, plain_text, wrap_text
 from core.evaluation.reader_stats import Curve, Proportion, ReaderFigures, wilson
 from core.evaluation.readers import Film, ReaderSession
 
@@ -82,23 +82,6 @@ def export_csv(sessions: Sequence[ReaderSession], threshold: float, threshold_fr
     return out.getvalue()
 
 
-def _plain(text: str) -> str:
-    """Characters Pillow's built-in font lacks, spelled out."""
-    return text.replace("—", "-").replace("–", "-").replace("κ", "kappa")
-
-
-def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
-    lines, current = [], ""
-    for word in text.split():
-        trial = f"{current} {word}".strip()
-        if draw.textlength(trial, font=font) <= width or not current:
-            current = trial
-        else:
-            lines.append(current)
-            current = word
-    return lines + ([current] if current else [])
-
-
 def _dashed(draw: Any, points: Sequence[tuple[float, float]], colour: str, dash: float = 9.0) -> None:
     """A polyline drawn in dashes of ``dash`` pixels, dash and gap alike."""
     drawn = 0.0  # the length walked so far; dashes where it is in an even multiple of ``dash``
@@ -158,7 +141,7 @@ def reader_png(figures: Sequence[ReaderFigures], films: Sequence[Film], threshol
     pad = 48
     draw.text((pad, pad), "cxr-studio - reader study", font=fonts["title"], fill=(20, 20, 20))
     y = pad + 50
-    for line in _wrap(draw, _plain(f"Run: {run}. The model calls pneumonia at {threshold:.3f}: {threshold_label}."),
+    for line in wrap_text(draw, plain_text(f"Run: {run}. The model calls pneumonia at {threshold:.3f}: {threshold_label}."),
                       fonts["text"], width - 2 * pad):
         draw.text((pad, y), line, font=fonts["text"], fill=(60, 60, 60))
         y += 26
@@ -176,7 +159,7 @@ def reader_png(figures: Sequence[ReaderFigures], films: Sequence[Film], threshol
                 for i, f in enumerate(figures)]
     for colour, text in entries:
         draw.rectangle([legend_x, legend_y + 4, legend_x + 18, legend_y + 18], fill=colour)
-        for line in _wrap(draw, _plain(text), fonts["small"], width - pad - legend_x - 28):
+        for line in wrap_text(draw, plain_text(text), fonts["small"], width - pad - legend_x - 28):
             draw.text((legend_x + 28, legend_y), line, font=fonts["small"], fill=(40, 40, 40))
             legend_y += 21
         legend_y += 8
@@ -197,7 +180,7 @@ def reader_png(figures: Sequence[ReaderFigures], films: Sequence[Film], threshol
                  row["κ with the model"], row["McNemar p"], row["Right where the other is wrong (reader / model)"]]
         x = pad
         for (_, w), cell in zip(columns, cells):
-            draw.text((x, y), _plain(cell), font=fonts["small"], fill=(40, 40, 40))
+            draw.text((x, y), plain_text(cell), font=fonts["small"], fill=(40, 40, 40))
             x += w
         y += 24
     y += 16
@@ -206,7 +189,7 @@ def reader_png(figures: Sequence[ReaderFigures], films: Sequence[Film], threshol
               "McNemar: exact two-sided test on the films where only one of reader and model is right "
               "(R / M: right only for the reader / only for the model). Readers were blinded to label and model.")
     for text, font, colour in ((method, fonts["small"], (90, 90, 90)), (DISCLAIMER, fonts["head"], (170, 30, 30))):
-        for line in _wrap(draw, _plain(text), font, width - 2 * pad):
+        for line in wrap_text(draw, plain_text(text), font, width - 2 * pad):
             draw.text((pad, y), line, font=font, fill=colour)
             y += int(font.size * 1.45)
         y += 10

@@ -117,17 +117,13 @@ def _show(report: dict[str, Any]) -> None:
 
 
 def _measure(run: Run, folder: str, films: int, training: str) -> None:
-    bar = st.progress(0.0, text="Reading the films…")
     path, modified = resources.model_key(run)
-    try:
-        report = shift_report(run, folder, max_films=films, training_folder=training or None,
-                              model=resources.load_model(path, modified),
-                              progress=lambda f, message: bar.progress(min(f, 1.0), text=message))
-    except (ShiftError, RunError, ValueError, OSError) as exc:
-        bar.empty()
-        st.error(f"No shift report was made: {exc}", icon=":material/error:")
+    report = state.with_progress(
+        "Reading the films…", "No shift report was made", (ShiftError, RunError, ValueError, OSError),
+        lambda progress: shift_report(run, folder, max_films=films, training_folder=training or None,
+                                      model=resources.load_model(path, modified), progress=progress))
+    if report is None:
         return
-    bar.empty()
     st.session_state[f"shift_report-{run.id}"] = Path(report["path"]).stem  # the new report is the one shown
 
 

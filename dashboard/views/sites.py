@@ -9,7 +9,7 @@ import streamlit as st
 from core.data.sample import local_path, portable_path, sample_root
 from core.evaluation.sites import SiteError, calibrate_site, free_site_name, list_sites, read_site
 from core.store.runs import Run, RunError
-from dashboard import charts, resources
+from dashboard import charts, resources, state
 
 __all__ = ["render", "comparison_rows"]
 
@@ -62,17 +62,14 @@ def _create(run: Run) -> None:
     if final != name.strip():
         st.info(f"A profile named **{name.strip()}** exists already (or the name had other characters): "
                 f"this one is saved as **{final}**.", icon=":material/info:")
-    bar = st.progress(0.0, text="Reading the site's films…")
     path, modified = resources.model_key(run)
-    try:
-        where = folder if Path(folder).expanduser().exists() else local_path(folder)  # repository-relative default
-        profile = calibrate_site(run, where, final, model=resources.load_model(path, modified),
-                                 progress=lambda f, message: bar.progress(min(f, 1.0), text=message))
-    except (SiteError, RunError, ValueError, OSError) as exc:
-        bar.empty()
-        st.error(f"No profile was made: {exc}", icon=":material/error:")
+    where = folder if Path(folder).expanduser().exists() else local_path(folder)  # repository-relative default
+    profile = state.with_progress(
+        "Reading the site's films…", "No profile was made", (SiteError, RunError, ValueError, OSError),
+        lambda progress: calibrate_site(run, where, final, model=resources.load_model(path, modified),
+                                        progress=progress))
+    if profile is None:
         return
-    bar.empty()
     st.session_state.setdefault("site_of", {})[run.id] = profile["name"]  # the new profile is the one in use
     st.session_state[f"site-made-{run.id}"] = profile["name"]
     st.rerun()
