@@ -66,15 +66,21 @@ def test_ensemble_heatmap_is_the_mean_of_member_maps_for_the_ensembles_call(trai
     store, run = trained_ensemble
     ensemble = load_model(run.model_path)
     explainer = EnsembleExplainer(ensemble, threshold=run.threshold())
-    image = load_image(run.metrics()["predictions"][0]["file"], 32)
-    result = explainer.explain(image, "gradcam")
-    assert result.cam.shape == (32, 32) and result.cam.min() >= 0 and result.cam.max() == pytest.approx(1, abs=1e-4)
-    maps = [Explainer(load_model(store.get(m).model_path)).explain(image, "gradcam", result.explained).cam
-            for m in member_ids(run)]
-    mean = np.mean(maps, axis=0)
-    expected = (mean - mean.min()) / (mean.max() - mean.min() + 1e-7)
-    assert np.allclose(result.cam, expected, atol=1e-4)
-    assert result.probability == pytest.approx(run.metrics()["predictions"][0]["probability"], abs=1e-5)
+    members = [load_model(store.get(m).model_path) for m in member_ids(run)]
+    with_signal = 0
+    for row in run.metrics()["predictions"][:6]:  # a tiny model can give a film no evidence at all: then a flat map
+        image = load_image(row["file"], 32)
+        result = explainer.explain(image, "gradcam")
+        assert result.probability == pytest.approx(row["probability"], abs=1e-5)
+        maps = [Explainer(model).explain(image, "gradcam", result.explained).cam for model in members]
+        mean = np.mean(maps, axis=0)
+        expected = (mean - mean.min()) / (mean.max() - mean.min() + 1e-7)
+        assert result.cam.shape == (32, 32) and result.cam.min() >= 0
+        assert np.allclose(result.cam, expected, atol=1e-4)
+        if mean.max() - mean.min() > 1e-3:
+            with_signal += 1
+            assert result.cam.max() == pytest.approx(1, abs=1e-4)  # scaled to 0..1 like every heatmap
+    assert with_signal >= 1
 
 
 def test_an_ensemble_needs_two_compatible_normal_runs(tmp_path, cache_dir):
