@@ -18,9 +18,7 @@ point of it are ranked by the smaller seed-to-seed spread of their threshold.
 """
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -42,13 +40,15 @@ def validation_predictions(run) -> dict[str, np.ndarray]:
     from core.evaluation.evaluate import predict_probabilities
     from core.model.classifier import load_model
     from core.data.pipeline import load_arrays, make_dataset
+    from core.data.preprocess import Preprocessing
     from core.data.splits import saved_splits
 
     config = run.config()
     splits = saved_splits(run.path)
     if splits is None:
         raise SystemExit(f"run {run.id} has no splits.json: train it with the current code first")
-    loaded = load_arrays(splits.val, config.data.image_size, config.data.resize_mode, cache=config.data.cache)
+    loaded = load_arrays(splits.val, config.data.image_size, config.data.resize_mode, cache=config.data.cache,
+                         preprocessing=Preprocessing.of(config.data))
     prob = predict_probabilities(load_model(run.model_path), make_dataset(*loaded, 64, training=False))
     patients = np.array([splits.val[i].patient or splits.val[i].path for i in loaded.kept])
     return {"y": np.asarray(loaded.labels, dtype=int), "p": prob, "groups": patients}

@@ -31,7 +31,7 @@ from benchmarks._common import base_parser, finish, machine, table
 from benchmarks.quality.results import path_roots, portable
 from core.data.datasets import CLASS_NAMES, find_dataset
 from core.data.decode import decode_image
-from core.data.images import read_image, resize_gray
+from core.data.images import Preprocessing, preprocess_gray, read_image
 from core.store.runs import Run
 
 __all__ = ["SHIFTS", "crop", "gamma", "jpeg", "blur", "half_resolution", "paste_letter", "measure", "main"]
@@ -96,7 +96,8 @@ def _model(run_dir: Path) -> tuple[Any, dict[str, Any]]:
     run = Run(run_dir)
     config = run.config()
     return load_model(run.model_path), {"run": run.id, "threshold": run.threshold(), "image_size": config.data.image_size,
-                                        "resize_mode": config.data.resize_mode}
+                                        "resize_mode": config.data.resize_mode,
+                                        "preprocessing": Preprocessing.of(config.data)}
 
 
 def _probabilities(model: Any, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -110,22 +111,21 @@ def _probabilities(model: Any, pixels: np.ndarray, batch: int = 32) -> np.ndarra
 def measure(run_dirs: list[Path], films: list[tuple[str, int]], say: Callable[[str], None] = print) -> dict[str, Any]:
     """Every run on every film, unshifted and under every shift; per run and shift the flips and mean |Δp|."""
     models = [_model(path) for path in run_dirs]
-    sizes = sorted({(meta["image_size"], meta["resize_mode"]) for _, meta in models})
-    pixels: dict[tuple[int, str], dict[str, list[np.ndarray]]] = {key: {"none": [], **{s: [] for s in SHIFTS}}
-                                                                    for key in sizes}
+    sizes = list(dict.fromkeys((meta["image_size"], meta["resize_mode"], meta["preprocessing"]) for _, meta in models))
+    pixels: dict[tuple, dict[str, list[np.ndarray]]] = {key: {"none": [], **{s: [] for s in SHIFTS}} for key in sizes}
     started = time.perf_counter()
     for index, (path, _) in enumerate(films):
         gray = read_image(path)  # full resolution, once
         for name, shift in [("none", lambda g: g), *SHIFTS.items()]:
             shifted = shift(gray)
-            for size, mode in sizes:
-                pixels[(size, mode)][name].append(resize_gray(shifted, size, mode))
+            for size, mode, prep in sizes:  # the run's own image path, preprocessing included
+                pixels[(size, mode, prep)][name].append(preprocess_gray(shifted, size, mode, prep).pixels)
         if (index + 1) % 100 == 0:
             say(f"  {index + 1} of {len(films)} films shifted ({time.perf_counter() - started:.0f} s)")
     labels = np.array([label for _, label in films])
     results = []
     for model, meta in models:
-        stack = pixels[(meta["image_size"], meta["resize_mode"])]
+        stack = pixels[(meta["image_size"], meta["resize_mode"], meta["preprocessing"])]
         base = _probabilities(model, np.stack(stack["none"]))
         rows = {}
         for name in SHIFTS:
@@ -136,7 +136,8 @@ def measure(run_dirs: list[Path], films: list[tuple[str, int]], say: Callable[[s
                           "mean_delta": float((shifted - base).mean()),
                           "per_class": {cls: {"n": int((labels == k).sum()), "flipped": int(flipped[labels == k].sum())}
                                         for k, cls in enumerate(CLASS_NAMES)}}
-        results.append({**meta, "baseline_called_pneumonia": int((base >= meta["threshold"]).sum()), "shifts": rows})
+        results.append({**meta, "preprocessing": meta["preprocessing"].to_dict(),
+                        "baseline_called_pneumonia": int((base >= meta["threshold"]).sum()), "shifts": rows})
         say(f"  {meta['run']}: measured")
     return {"n_films": len(films), "seconds": round(time.perf_counter() - started, 1), "runs": results}
 

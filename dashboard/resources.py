@@ -19,6 +19,7 @@ from core.data.datasets import CLASS_NAMES, DatasetError, find_dataset
 from core.data.decode import ImageLoadError
 from core.data.demo import ensure_demo_dataset
 from core.data.images import prepare_image, read_image, resize_gray
+from core.data.preprocess import NO_PREPROCESSING, Preprocessing
 from core.data.sample import check_sample, local_path, sample_root
 from core.data.splits import MANIFEST_NAME, read_manifest, test_manifest
 from core.store.files import HistoryTail
@@ -84,10 +85,11 @@ def folder_mtime(path: str) -> float:
         return 0.0
 
 
-def display_image(gray: np.ndarray, model_size: int, resize_mode: str, largest: int = 512) -> np.ndarray:
-    """The X-ray as the model sees it (same framing), at a resolution fit for the screen."""
+def display_image(gray: np.ndarray, model_size: int, resize_mode: str,
+                  preprocessing: Preprocessing = NO_PREPROCESSING, largest: int = 512) -> np.ndarray:
+    """The X-ray as the model sees it (same framing and preprocessing), at a resolution fit for the screen."""
     side = int(max(model_size, min(largest, max(gray.shape[:2]))))
-    return prepare_image(gray, side, resize_mode)[..., 0].astype(np.uint8)
+    return prepare_image(gray, side, resize_mode, preprocessing)[..., 0].astype(np.uint8)
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
-from core.config import PRESETS, RunConfig, preset
+from core.config import FIELDS_OF_VIEW, INTENSITIES, PRESETS, RunConfig, preset
 from core.data.sample import SAMPLE_LICENCE
 from core.evaluation.report import model_card, model_card_html
 from core.evaluation.sites import OperatingPoint, SiteError, operating_point, site_names
@@ -241,6 +241,21 @@ def augmentation_controls(flip_help: bool = True) -> None:
     st.checkbox("Horizontal flip", key="cfg.augment.horizontal_flip",
                 help="Off by default: the heart is on the left, so a flipped chest is not a real anatomy."
                 if flip_help else None)
+
+
+def preprocessing_controls() -> None:
+    """The preprocessing settings that remove non-anatomical cues; their keys are shared by the Data preview and Train."""
+    st.radio("Field of view", FIELDS_OF_VIEW, key="cfg.data.field_of_view", horizontal=True,
+             format_func={"full": "whole film", "body": "crop to the body"}.get,
+             help="Crop to the body's bounding box (Otsu threshold) before the resize: padding, air and collimation "
+                  "edges around it are cut away. A film with no clear body keeps its full view.")
+    st.checkbox("Remove burnt-in markers", key="cfg.data.remove_markers",
+                help="Finds small bright letters and labels near the edges (\"R\", \"KV58\") and fills them in from "
+                     "their surroundings before the crop.")
+    st.radio("Intensity", INTENSITIES, key="cfg.data.intensity", horizontal=True,
+             format_func={"none": "as decoded", "clahe": "CLAHE", "window": "1–99 % window"}.get,
+             help="After the resize: CLAHE equalises contrast locally; the window stretches the 1st–99th percentile "
+                  "to 0–255. Both remove a site's overall brightness and contrast.")
 
 
 def with_progress(start: str, failed: str, errors: tuple[type[Exception], ...],

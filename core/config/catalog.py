@@ -10,11 +10,15 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["BackboneSpec", "BACKBONES", "THRESHOLD_LABELS", "THRESHOLD_METHODS", "describe_threshold_rule",
-           "RESIZE_MODES"]
+           "RESIZE_MODES", "FIELDS_OF_VIEW", "INTENSITIES"]
 
 # How a film becomes a square (core.data.images.resize_gray): squashed to it (Keras's default), padded to it, or its
 # centred square kept (no squeeze and no padding that would carry the film's shape).
 RESIZE_MODES = ("stretch", "letterbox", "center_square")
+# Preprocessing that removes non-anatomical cues (core.data.preprocess): the whole film or the body's bounding box,
+# and the grey levels as decoded, locally equalised (CLAHE) or stretched between the 1st and 99th percentiles.
+FIELDS_OF_VIEW = ("full", "body")
+INTENSITIES = ("none", "clahe", "window")
 
 
 @dataclass(frozen=True)

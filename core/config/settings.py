@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.config.backend import BACKENDS
-from core.config.catalog import BACKBONES, RESIZE_MODES, THRESHOLD_METHODS
+from core.config.catalog import BACKBONES, FIELDS_OF_VIEW, INTENSITIES, RESIZE_MODES, THRESHOLD_METHODS
 
 __all__ = [
     "ConfigError",
@@ -25,6 +25,8 @@ __all__ = [
 
 DataSource = Literal["demo", "sample", "folder", "kaggle", "medmnist"]
 ResizeMode = Literal["stretch", "letterbox", "center_square"]
+FieldOfView = Literal["full", "body"]
+Intensity = Literal["none", "clahe", "window"]
 Validation = Literal["patient_split", "official"]
 CacheMode = Literal["memory", "disk", "none"]
 ThresholdMethod = Literal["youden", "robust_youden", "youden_midpoint", "sensitivity", "fixed"]
@@ -56,6 +58,10 @@ class DataConfig:
     path: str | None = None  # data set root for "folder"/"kaggle", npz file for "medmnist"
     image_size: int = 224
     resize_mode: ResizeMode = "stretch"
+    # Preprocessing that removes non-anatomical cues (core.data.preprocess); the defaults change no pixel.
+    field_of_view: FieldOfView = "full"  # "body": crop to the body's bounding box before the resize
+    remove_markers: bool = False  # inpaint burnt-in letters and labels near the edges before the crop
+    intensity: Intensity = "none"  # after the resize: "clahe" (adaptive equalisation) or "window" (1st–99th pct)
     validation: Validation = "patient_split"
     val_fraction: float = 0.15
     split_seed: int | None = None  # seed of the patient-grouped validation split; empty = the training seed
@@ -69,6 +75,9 @@ class DataConfig:
         _check(self.source != "folder" or bool(self.path), "data.path", "a folder source needs a path")
         _check(16 <= self.image_size <= 1024, "data.image_size", f"must be 16..1024 px; got {self.image_size}")
         _one_of(self.resize_mode, RESIZE_MODES, "data.resize_mode")
+        _one_of(self.field_of_view, FIELDS_OF_VIEW, "data.field_of_view")
+        _one_of(self.remove_markers, (True, False), "data.remove_markers")
+        _one_of(self.intensity, INTENSITIES, "data.intensity")
         _one_of(self.validation, ("patient_split", "official"), "data.validation")
         _check(0.02 <= self.val_fraction <= 0.5, "data.val_fraction", f"must be 0.02..0.5; got {self.val_fraction}")
         _one_of(self.cache, ("memory", "disk", "none"), "data.cache")

@@ -139,7 +139,8 @@ def _compute_frozen_anywhere(split: FrozenSplit, dataset) -> np.ndarray:
 
 def frozen_cache_key(split: FrozenSplit, images: np.ndarray) -> str:
     """What the frozen outputs depend on, hashed: the boundary, the dtype policy, every weight of the frozen
-    bottom (so backbone, weights file, width and seed), and the images' pixels (so data, image size, resize).
+    bottom (so backbone, weights file, width and seed), and the images' pixels (so data, image size, resize,
+    preprocessing).
 
     Exact by construction: a changed weights file or data folder gives another key, never a stale hit.
     """

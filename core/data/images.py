@@ -14,6 +14,7 @@ from PIL import Image
 
 from core.config.catalog import RESIZE_MODES
 from core.data.decode import IMAGE_EXTENSIONS, MAX_MEGAPIXELS, MIN_SIDE, ImageLoadError, decode_image, pil_to_gray
+from core.data.preprocess import NO_PREPROCESSING, Prepared, Preprocessing, adjust_intensity, body_box, without_markers
 
 ImageSource = bytes | bytearray | memoryview | str | Path
 """File bytes (an upload), a file path, or a MedMNIST reference ``"x.npz::split::i"``."""
@@ -28,10 +29,16 @@ __all__ = [
     "read_image",
     "RESIZE_MODES",
     "crop_box",
+    "film_box",
     "resize_plan",
     "resize_gray",
+    "Preprocessing",
+    "Prepared",
+    "NO_PREPROCESSING",
+    "preprocess_gray",
     "prepare_image",
     "model_pixels",
+    "prepared_pixels",
     "load_image",
     "is_npz_ref",
     "source_digest",
@@ -205,18 +212,23 @@ def resize_plan(width: int, height: int, image_size: int, resize_mode: str) -> t
     return new, ((image_size - new[0]) // 2, (image_size - new[1]) // 2)
 
 
+def _as_film(gray: np.ndarray) -> np.ndarray:
+    """A film as uint8 (H, W): the first channel of (H, W, 1|3), values rounded and clipped to 0..255."""
+    gray = np.asarray(gray)
+    if gray.ndim == 3:
+        gray = gray[..., 0] if gray.shape[-1] in (1, 3) else gray
+    if gray.dtype != np.uint8:
+        gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    return gray
+
+
 def resize_gray(gray: np.ndarray, image_size: int, resize_mode: str = "stretch") -> np.ndarray:
     """The one resize used everywhere: PIL bilinear (antialiased when shrinking), uint8 (S, S) out.
 
     ``"letterbox"`` keeps the aspect ratio and pads with black; ``"stretch"`` fills the square;
     ``"center_square"`` keeps the centred square of the shorter side (:func:`crop_box`).
     """
-    gray = np.asarray(gray)
-    if gray.ndim == 3:
-        gray = gray[..., 0] if gray.shape[-1] in (1, 3) else gray
-    if gray.dtype != np.uint8:
-        gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
-    img = Image.fromarray(gray, mode="L")
+    img = Image.fromarray(_as_film(gray), mode="L")
     box = crop_box(img.width, img.height, resize_mode)
     if box != (0, 0, img.width, img.height):
         img = img.crop(box)
@@ -230,38 +242,98 @@ def resize_gray(gray: np.ndarray, image_size: int, resize_mode: str = "stretch")
     return np.asarray(img, dtype=np.uint8)
 
 
-def prepare_image(gray: np.ndarray, image_size: int, resize_mode: str = "stretch") -> np.ndarray:
-    """Grayscale at any size → float32 (S, S, 3) in 0..255 through :func:`resize_gray` (for display and tests)."""
-    return np.repeat(resize_gray(gray, image_size, resize_mode)[..., None], 3, axis=-1).astype(np.float32)
+def film_box(width: int, height: int, resize_mode: str,
+             body: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int]:
+    """The part of a film (left, top, right, bottom) that the model sees: :func:`crop_box` of the body's box when
+    the field of view was cropped to the body (``body``, see :class:`Prepared`), else of the whole film."""
+    if body is None:
+        return crop_box(width, height, resize_mode)
+    left, top, right, bottom = body
+    x0, y0, x1, y1 = crop_box(right - left, bottom - top, resize_mode)
+    return left + x0, top + y0, left + x1, top + y1
 
 
-def model_pixels(source: ImageSource, image_size: int, resize_mode: str = "stretch", *, filename: str = "",
+def _intensity_on_film(pixels: np.ndarray, width: int, height: int, resize_mode: str,
+                       intensity: str) -> tuple[np.ndarray, str | None]:
+    """:func:`adjust_intensity` on the film's part of the square: a letterbox's padding stays black and uncounted."""
+    (new_w, new_h), (left, top) = resize_plan(width, height, pixels.shape[0], resize_mode)
+    out = pixels.copy()
+    region = (slice(top, top + new_h), slice(left, left + new_w))
+    out[region], note = adjust_intensity(pixels[region], intensity)
+    return out, note
+
+
+def preprocess_gray(gray: np.ndarray, image_size: int, resize_mode: str = "stretch",
+                    preprocessing: Preprocessing = NO_PREPROCESSING) -> Prepared:
+    """A decoded film → the model's pixels and what was done: markers → field of view → resize → intensity.
+
+    Without preprocessing this is :func:`resize_gray` alone, pixel for pixel. See :mod:`core.data.preprocess`.
+    """
+    if not preprocessing.active:
+        return Prepared(resize_gray(gray, image_size, resize_mode), (), tuple(np.shape(gray)[:2]))
+    film = _as_film(gray)
+    notes: list[str] = []
+    markers: tuple = ()
+    if preprocessing.remove_markers:
+        film, markers, note = without_markers(film)
+        notes.append(note)
+    body = None
+    if preprocessing.field_of_view == "body":
+        body, note = body_box(film)
+        notes.append(note)
+    left, top, right, bottom = body or (0, 0, film.shape[1], film.shape[0])
+    pixels = resize_gray(film[top:bottom, left:right], image_size, resize_mode)
+    if preprocessing.intensity != "none":
+        pixels, note = _intensity_on_film(pixels, right - left, bottom - top, resize_mode, preprocessing.intensity)
+        notes.append(note or "")
+    return Prepared(pixels, tuple(n for n in notes if n), film.shape, body, markers)
+
+
+def prepare_image(gray: np.ndarray, image_size: int, resize_mode: str = "stretch",
+                  preprocessing: Preprocessing = NO_PREPROCESSING) -> np.ndarray:
+    """Grayscale at any size → float32 (S, S, 3) in 0..255 through :func:`preprocess_gray` (for display and tests)."""
+    return preprocess_gray(gray, image_size, resize_mode, preprocessing).model_input()
+
+
+def prepared_pixels(source: ImageSource, image_size: int, resize_mode: str = "stretch", *,
+                    preprocessing: Preprocessing | None = None, filename: str = "",
+                    opened: dict | None = None) -> Prepared:
+    """:func:`model_pixels` with what preprocessing did: the notes, the body's box and the markers removed."""
+    settings = preprocessing or NO_PREPROCESSING
+    return preprocess_gray(read_image(source, filename, image_size, opened), image_size, resize_mode, settings)
+
+
+def model_pixels(source: ImageSource, image_size: int, resize_mode: str = "stretch", *,
+                 preprocessing: Preprocessing | None = None, filename: str = "",
                  opened: dict | None = None) -> np.ndarray:
     """THE one path from a source to the pixels a run trains and is evaluated on: uint8 (S, S).
 
     Decodes (a JPEG with the decoder's own power-of-two downscale to at least ``image_size``),
-    then :func:`resize_gray`. :func:`core.data.pipeline.load_arrays` calls this for every image, and
+    then :func:`preprocess_gray`: the run's preprocessing (none by default) and :func:`resize_gray`.
+    :func:`core.data.pipeline.load_arrays` calls this for every image, and
     :func:`load_image` (Explain, Demo, ``core.predict``) wraps it, so a film gives the same
     pixels, hence the same probability, in training, evaluation and on every page.
 
     Raises:
         ImageLoadError: see :func:`decode_image`; also a missing file or a bad MedMNIST reference.
     """
-    return resize_gray(read_image(source, filename, image_size, opened), image_size, resize_mode)
+    return prepared_pixels(source, image_size, resize_mode, preprocessing=preprocessing, filename=filename,
+                           opened=opened).pixels
 
 
 def load_image(source: ImageSource, image_size: int, resize_mode: str = "stretch", *,
-               filename: str = "") -> np.ndarray:
-    """The model's input for one image: float32 (S, S, 3) in 0..255, from :func:`model_pixels`.
+               preprocessing: Preprocessing | None = None, filename: str = "") -> np.ndarray:
+    """The model's input for one image: float32 (S, S, 3) in 0..255, the pixels of :func:`model_pixels`.
 
     Args:
         source: file bytes (an upload), a file path, or a MedMNIST reference ``"x.npz::split::i"``.
         image_size: the run's ``data.image_size``.
         resize_mode: the run's ``data.resize_mode``.
+        preprocessing: the run's ``Preprocessing.of(config.data)``; default none.
         filename: the upload's name, when ``source`` is bytes (``.dcm`` selects DICOM).
 
     Raises:
         ImageLoadError: see :func:`decode_image`.
     """
-    small = model_pixels(source, image_size, resize_mode, filename=filename)
-    return np.repeat(small[..., None], 3, axis=-1).astype(np.float32)
+    prepared = prepared_pixels(source, image_size, resize_mode, preprocessing=preprocessing, filename=filename)
+    return prepared.model_input()

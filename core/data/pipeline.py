@@ -16,6 +16,7 @@ from core.config import AugmentConfig
 from core.data.datasets import ImageRecord
 from core.data.decode import ImageLoadError
 from core.data.images import model_pixels
+from core.data.preprocess import NO_PREPROCESSING, Preprocessing
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -48,8 +49,11 @@ class LoadedArrays(tuple):
         return obj
 
 
-def _cache_key(records: Sequence[ImageRecord], image_size: int, resize_mode: str) -> str:
-    h = hashlib.sha256(f"v1|{image_size}|{resize_mode}|{len(records)}".encode())
+def _cache_key(records: Sequence[ImageRecord], image_size: int, resize_mode: str,
+               preprocessing: Preprocessing = NO_PREPROCESSING) -> str:
+    # Without preprocessing the key is the one it always was, so arrays cached before it existed are still found.
+    settings = "" if not preprocessing.active else "|" + json.dumps(preprocessing.to_dict(), sort_keys=True)
+    h = hashlib.sha256(f"v1|{image_size}|{resize_mode}{settings}|{len(records)}".encode())
     stats: dict[str, str] = {}
     for r in records:
         file = r.path.split("::", 1)[0]
@@ -74,6 +78,8 @@ def load_arrays(
     cache: str = "memory",
     cache_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    preprocessing: Preprocessing | None = None,
 ) -> LoadedArrays:
     """Decode every image once into uint8 (N, S, S, 1) plus float32 labels (N,).
 
@@ -81,27 +87,29 @@ def load_arrays(
     the Explain and Demo pages. Decoding runs in a thread pool (PIL releases the GIL). A record that fails to decode is
     skipped with a logged warning and listed in the result's ``skipped``; ``kept`` maps rows
     back to records. With ``cache="disk"`` the arrays are stored as ``.npy`` under
-    ``<cache_dir>/arrays/`` keyed by (paths, labels, file sizes and mtimes, size, resize mode),
+    ``<cache_dir>/arrays/`` keyed by (paths, labels, file sizes and mtimes, size, resize mode, preprocessing),
     so a later call (also from another process) memory-maps them without decoding.
 
     Args:
         records: the images to load.
         image_size: output side in pixels.
-        resize_mode: "stretch" or "letterbox".
+        resize_mode: one of :data:`core.config.RESIZE_MODES`.
         cache: "memory" / "none" (decode into memory) or "disk".
         cache_dir: cache root; default ``$CXR_STUDIO_CACHE`` or ``~/.cache/cxr-studio``.
         progress: called as ``progress(done, total)``.
+        preprocessing: the run's ``Preprocessing.of(config.data)``; default none.
 
     Returns:
         :class:`LoadedArrays`, which unpacks as ``images, labels``.
     """
     records = list(records)
     total = len(records)
+    preprocessing = preprocessing or NO_PREPROCESSING
     files = None
     if cache == "disk":
         folder = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
         folder = folder / "arrays"
-        key = _cache_key(records, image_size, resize_mode)
+        key = _cache_key(records, image_size, resize_mode, preprocessing)
         files = {name: folder / f"{key}.{name}.npy" for name in ("images", "labels", "kept")}
         meta = folder / f"{key}.json"
         if meta.is_file() and all(p.is_file() for p in files.values()):
@@ -123,7 +131,8 @@ def load_arrays(
 
     def work(i: int) -> tuple[int, str | None]:
         try:  # the single-image path itself, so a film has the same pixels alone and in a batch
-            images[i, ..., 0] = model_pixels(records[i].path, image_size, resize_mode, opened=opened)
+            images[i, ..., 0] = model_pixels(records[i].path, image_size, resize_mode,
+                                                preprocessing=preprocessing, opened=opened)
             return i, None
         except ImageLoadError as exc:
             return i, str(exc)
@@ -150,7 +159,7 @@ def load_arrays(
             os.replace(fh.name, files[name])
         with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as fh:
             json.dump({"skipped": skipped, "count": total, "image_size": image_size,
-                       "resize_mode": resize_mode}, fh)
+                       "resize_mode": resize_mode, **preprocessing.to_dict()}, fh)
         os.replace(fh.name, meta)  # written last: its presence means the arrays are complete
     return LoadedArrays(images, labels, kept, skipped)
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 from core.data.batches import batches_of, real_rows
 from core.data.pipeline import load_arrays, make_dataset
+from core.data.preprocess import Preprocessing
 from core.data.sample import portable_path
 from core.data.splits import evaluation_splits, folder_changes
 from core.store.runs import RunError, RunStore
@@ -142,7 +143,8 @@ def load_test_images(run: Any, config: Any, splits: Splits | None = None) -> Tes
     if not records:
         raise RunError(f"none of the {len(skipped)} test images of run {run.path.name} can be evaluated: "
                        f"{changes.summary() if changes else 'see the skipped list'}")
-    loaded = load_arrays(records, config.data.image_size, config.data.resize_mode, cache=config.data.cache)
+    loaded = load_arrays(records, config.data.image_size, config.data.resize_mode, cache=config.data.cache,
+                         preprocessing=Preprocessing.of(config.data))
     records = [records[i] for i in loaded.kept]  # unreadable files are skipped
     skipped += [{"file": portable_path(path), "reason": reason} for path, reason in loaded.skipped]
     return TestImages(records, loaded.images, loaded.labels, skipped, splits, changes)

@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from core.data.images import crop_box, resize_plan
+from core.data.images import film_box, resize_plan
 
 __all__ = ["COLORMAPS", "colorize", "resize_map", "overlay", "cam_on_film", "mass_inside"]
 
@@ -55,17 +55,20 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(image.astype(np.float64)), 0, 255).astype(np.uint8)
 
 
-def cam_on_film(cam: np.ndarray, height: int, width: int, resize_mode: str = "stretch") -> np.ndarray:
+def cam_on_film(cam: np.ndarray, height: int, width: int, resize_mode: str = "stretch",
+                body: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """A model-input heatmap (S,S) mapped back onto the film at its own size (height, width), float32 0..1.
 
     Undoes the framing of :func:`core.data.images.resize_gray`: a stretched film's map is rescaled per
     axis; a letterboxed film's map is cut to the film's area inside the padding first; a centre-square
     film's map covers its square, and the rest of the film, which the model never saw, gets 0. The
-    film can then be shown at its true aspect ratio and full resolution, with the heatmap on it.
+    film can then be shown at its true aspect ratio and full resolution, with the heatmap on it. ``body`` is the
+    box (left, top, right, bottom) on this film that a ``field_of_view="body"`` run cropped to
+    (:meth:`core.data.preprocess.Prepared.body_on`); the framing then applies inside it.
     """
     cam = np.asarray(cam, dtype=np.float32)
     size = cam.shape[0]
-    x0, y0, x1, y1 = crop_box(width, height, resize_mode)
+    x0, y0, x1, y1 = film_box(width, height, resize_mode, body)
     (new_w, new_h), (left, top) = resize_plan(x1 - x0, y1 - y0, size, resize_mode)
     out = np.zeros((height, width), dtype=np.float32)
     out[y0:y1, x0:x1] = resize_map(cam[top:top + new_h, left:left + new_w], (y1 - y0, x1 - x0))

@@ -10,7 +10,8 @@ import numpy as np
 
 from core.data.datasets import CLASS_NAMES
 from core.data.decode import ImageLoadError
-from core.data.images import load_image
+from core.data.images import prepared_pixels
+from core.data.preprocess import Preprocessing
 from core.evaluation.overlay import overlay
 from core.evaluation.sites import operating_point
 from core.store.runs import RunError, RunStore
@@ -29,7 +30,8 @@ def predict_files(run: Any, paths: Sequence[str | Path], cam: str | None = None,
 
     The model is loaded once. Each result is ``{"file", "probability", "label", "threshold",
     "threshold_from", "heatmap"}`` (plus ``"calibrated_probability"`` when the site profile has a
-    temperature), where ``heatmap`` is the path of the saved overlay PNG (when ``cam`` names one
+    temperature, and ``"preprocessing"``, the notes of what the run's preprocessing did to the film,
+    when the run has any), where ``heatmap`` is the path of the saved overlay PNG (when ``cam`` names one
     of :data:`core.evaluation.explain.CAM_METHODS`) or None; an image that cannot be read gives
     ``{"file", "error"}`` instead and does not stop the others.
 
@@ -59,14 +61,17 @@ def predict_files(run: Any, paths: Sequence[str | Path], cam: str | None = None,
     model = load_model(run.model_path)
     explainer = explainer_for(model, threshold=threshold) if cam else None
     out = Path(out_dir) if out_dir is not None else Path("heatmaps")
+    preprocessing = Preprocessing.of(config.data)
     used_names: set[str] = set()
     results: list[dict[str, Any]] = []
     for path in paths:
         try:
-            image = load_image(Path(path), config.data.image_size, config.data.resize_mode)
+            prepared = prepared_pixels(Path(path), config.data.image_size, config.data.resize_mode,
+                                       preprocessing=preprocessing)
         except (ImageLoadError, OSError) as exc:
             results.append({"file": str(path), "error": str(exc)})
             continue
+        image = prepared.model_input()
         heatmap = None
         if explainer is not None:
             explanation = explainer.explain(image, method=cam)
@@ -92,5 +97,7 @@ def predict_files(run: Any, paths: Sequence[str | Path], cam: str | None = None,
         }
         if point.temperature is not None:
             result["calibrated_probability"] = point.calibrated(probability)
+        if preprocessing.active:
+            result["preprocessing"] = list(prepared.notes)
         results.append(result)
     return results

@@ -16,6 +16,7 @@ from typing import Any
 from core.config import BACKBONES
 from core.config.catalog import describe_threshold_rule
 from core.data.datasets import CLASS_NAMES
+from core.data.preprocess import Preprocessing
 from core.data.sample import SAMPLE_CITATION, SAMPLE_LICENCE
 from core.data.splits import TEST_FILMS_NAME, saved_splits
 from core.evaluation.audit import audit_reading, read_audit
@@ -62,6 +63,13 @@ def _data_citation(source: str) -> str:
             f"Licence: {SAMPLE_LICENCE}.")
 
 
+def _preprocessing(config: Any) -> str:
+    """The three settings that remove non-anatomical cues, each named, with what they do."""
+    settings = Preprocessing.of(config.data)
+    return (f"field of view *{settings.field_of_view}*, remove markers *{'yes' if settings.remove_markers else 'no'}*, "
+            f"intensity *{settings.intensity}* ({settings.describe() if settings.active else 'the film as decoded'})")
+
+
 def _recipe(config: Any, run: Any) -> list[str]:
     spec = BACKBONES.get(config.model.backbone)
     label = spec.label if spec else config.model.backbone
@@ -70,7 +78,8 @@ def _recipe(config: Any, run: Any) -> list[str]:
     ran = {phase: sum(1 for row in epochs if row.get("phase") == phase) for phase in ("head", "finetune")}
     lines = [f"- **Architecture:** {_esc(label)} backbone, weights {weights}, global average pooling, dropout "
              f"{config.model.dropout}, one logit (P(pneumonia) = sigmoid). Input {config.data.image_size} px, "
-             f"resize *{config.data.resize_mode}*, grayscale repeated to three channels."]
+             f"resize *{config.data.resize_mode}*, grayscale repeated to three channels.",
+             f"- **Preprocessing:** {_preprocessing(config)}."]
     if config.train.head.epochs:
         lines.append(f"- **Phase 1, head** (backbone frozen): {ran['head']} of {config.train.head.epochs} epochs run, "
                      f"learning rate {config.train.head.learning_rate:g}"

@@ -27,6 +27,7 @@ from core.config.paths import REPO_ROOT
 from core.data.datasets import CLASS_NAMES, DatasetError, ImageRecord, find_dataset, parse_patient
 from core.data.decode import IMAGE_EXTENSIONS, ImageLoadError
 from core.data.images import is_npz_ref, model_pixels, source_digest
+from core.data.preprocess import Preprocessing
 from core.data.sample import local_path, portable_path
 from core.data.splits import saved_splits
 from core.evaluation.ensemble import member_models
@@ -176,12 +177,13 @@ def _forward(model: Any) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]
     return run_ensemble
 
 
-def _embed(forward: Callable, records: Sequence[ImageRecord], image_size: int, resize_mode: str,
+def _embed(forward: Callable, records: Sequence[ImageRecord], framing: tuple[int, str, Preprocessing],
            report: Progress, start: float, span: float, what: str, batch: int = 32) -> dict[str, Any]:
     """Each readable film's features, probability and statistics through the one image path; unreadable ones listed."""
     def read(record: ImageRecord) -> tuple[np.ndarray | None, dict | None, str | None]:
         try:
-            return model_pixels(record.path, image_size, resize_mode), _header(record.path), None
+            pixels = model_pixels(record.path, framing[0], framing[1], preprocessing=framing[2])
+            return pixels, _header(record.path), None
         except (ImageLoadError, OSError) as exc:
             return None, None, str(exc)
 
@@ -315,8 +317,9 @@ def shift_report(run: Any, folder: str | Path, *, max_films: int = 300, seed: in
     size, mode = config.data.image_size, config.data.resize_mode
     report(0.05, "loading the model")
     forward = _forward(model if model is not None else load_model(run.model_path))
-    new = _embed(forward, chosen, size, mode, report, 0.08, 0.42, "new films")
-    train = _embed(forward, train_records, size, mode, report, 0.5, 0.4, "training films")
+    framing = (size, mode, Preprocessing.of(config.data))  # the run's own image path
+    new = _embed(forward, chosen, framing, report, 0.08, 0.42, "new films")
+    train = _embed(forward, train_records, framing, report, 0.5, 0.4, "training films")
     skipped += new["skipped"]
     if len(new["records"]) < MIN_FILMS:
         raise ShiftError(f"only {len(new['records'])} films of {folder} could be read; a shift report needs at least "

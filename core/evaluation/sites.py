@@ -23,6 +23,7 @@ import numpy as np
 from core.data.datasets import CLASS_NAMES, DatasetError, ImageRecord, find_dataset
 from core.data.decode import ImageLoadError
 from core.data.images import model_pixels, source_digest
+from core.data.preprocess import Preprocessing
 from core.data.sample import portable_path
 from core.data.splits import saved_splits
 from core.evaluation.calibration import cross_fitted, site_rule
@@ -237,7 +238,8 @@ def _predict(model: Any, config: Any, records: Sequence[ImageRecord], report: Pr
     for i, record in enumerate(records):
         try:
             digest = source_digest(record.path)
-            chunk.append(model_pixels(record.path, config.data.image_size, config.data.resize_mode))
+            chunk.append(model_pixels(record.path, config.data.image_size, config.data.resize_mode,
+                                      preprocessing=Preprocessing.of(config.data)))
         except (ImageLoadError, OSError) as exc:
             skipped.append({"file": portable_path(record.path), "error": str(exc)})
             continue

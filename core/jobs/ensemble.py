@@ -14,6 +14,7 @@ from typing import Any
 
 from core.config import ConfigError, RunConfig
 from core.data.pipeline import load_arrays, make_dataset
+from core.data.preprocess import Preprocessing
 from core.data.splits import MANIFEST_NAME, saved_splits
 from core.evaluation.ensemble import ENSEMBLE_FILE, combine_models, is_ensemble, member_ids
 from core.store.runs import Run, RunError, RunStore, StopRequested
@@ -72,6 +73,10 @@ def _check_compatible(runs: Sequence[Run], configs: Sequence[RunConfig]) -> None
             raise RunError(f"member {run.id} takes {config.data.image_size} px ({config.data.resize_mode}); "
                            f"{runs[0].id} takes {first.image_size} px ({first.resize_mode}): an ensemble's members "
                            "must see the same image")
+        if Preprocessing.of(config.data) != Preprocessing.of(first):
+            raise RunError(f"member {run.id} preprocesses its films otherwise "
+                           f"({Preprocessing.of(config.data).describe()}) than {runs[0].id} "
+                           f"({Preprocessing.of(first).describe()}): an ensemble's members must see the same image")
         if (config.data.source, config.data.path) != (first.source, first.path):
             raise RunError(f"member {run.id} was trained on other data ({config.data.source} {config.data.path or ''})")
 
@@ -148,7 +153,8 @@ def build_ensemble(run: Run, progress: Progress | None = None) -> dict[str, Any]
     config = run.config()
     report("choosing the ensemble's threshold on validation", 0.92)
     val = saved_splits(run.path).val
-    loaded = load_arrays(val, config.data.image_size, config.data.resize_mode, cache=config.data.cache)
+    loaded = load_arrays(val, config.data.image_size, config.data.resize_mode, cache=config.data.cache,
+                         preprocessing=Preprocessing.of(config.data))
     choose_run_threshold(run, model, make_dataset(*loaded, config.train.batch_size, training=False), loaded.labels,
                          [val[i].patient or val[i].path for i in loaded.kept],
                          f"validation ({len(loaded.kept)} images), ensemble of {len(members)}")

@@ -87,7 +87,10 @@ def serving_info(run: Any, model: keras.Model) -> dict[str, Any]:
         "run_id": run.path.name,
         "backbone": config.model.backbone,
         "input": {"name": "image", "dtype": "float32", "shape": [None, *model.input_shape[1:]],
-                  "range": "0..255 RGB (grayscale X-ray repeated 3×)", "resize_mode": config.data.resize_mode},
+                  "range": "0..255 RGB (grayscale X-ray repeated 3×)", "resize_mode": config.data.resize_mode,
+                  # core.data.preprocess, applied by core.data.images.load_image before the model: not in the export
+                  "preprocessing": {"field_of_view": config.data.field_of_view,
+                                    "remove_markers": config.data.remove_markers, "intensity": config.data.intensity}},
         "output": "logit (Keras file); probability = sigmoid(logit) = P(PNEUMONIA) and logit (SavedModel, TFLite)",
         "threshold": float(run.threshold()),
         "threshold_method": info.get("method"),

@@ -95,7 +95,7 @@ class _Server:
                 phase = "work"
                 running = self.decoding.submit(self.service.decode, upload.data, upload.filename)
                 try:
-                    image = await asyncio.wrap_future(running)
+                    image, notes = await asyncio.wrap_future(running)
                 except ImageLoadError as exc:
                     raise image_error(str(exc), upload.dicom) from None
                 except Exception as exc:  # noqa: BLE001 - a decoder's own crash on a hostile file is still a bad file
@@ -105,10 +105,10 @@ class _Server:
                     job = self.batcher.submit(image)
                     running = job.future
                     probability = await asyncio.shield(job.future)
-                    return self.service.answer(probability)
+                    return self.service.answer(probability, notes)
                 running = self.inference.submit(self.service.explain, image, explain["method"], explain["opacity"])
                 done = await asyncio.wrap_future(running)
-                return {**self.service.answer(done.probability), "heatmap": {
+                return {**self.service.answer(done.probability, notes), "heatmap": {
                     "method": done.method, "layer": done.layer, "explained": done.explained,
                     "opacity": explain["opacity"], "media_type": "image/png",
                     "png_base64": self.service.png_base64(done.png)}}

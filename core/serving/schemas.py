@@ -13,6 +13,11 @@ class Preprocessing(BaseModel):
     image_size: int = Field(description="the run's data.image_size: the model's input is image_size² px")
     resize_mode: str = Field(description="the run's data.resize_mode: stretch, letterbox or center_square")
     color: str
+    field_of_view: str = Field("full", description="the run's data.field_of_view: full, or body (cropped to the body)")
+    remove_markers: bool = Field(False, description="the run's data.remove_markers: burnt-in markers inpainted")
+    intensity: str = Field("none", description="the run's data.intensity: none, clahe or window")
+    notes: list[str] | None = Field(
+        None, description="what the run's preprocessing did to this film (only when the run has preprocessing)")
 
 
 class Prediction(BaseModel):

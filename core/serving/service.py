@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from core.data.datasets import CLASS_NAMES
-from core.data.images import load_image
+from core.data.images import prepared_pixels
+from core.data.preprocess import Preprocessing
 from core.evaluation.case_report import DISCLAIMER
 from core.evaluation.metrics import sigmoid
 from core.evaluation.overlay import overlay
@@ -75,12 +76,25 @@ class ModelService:
     def resize_mode(self) -> str:
         return str(self.config.data.resize_mode)
 
-    def preprocessing(self) -> dict[str, Any]:
-        return {"image_path": IMAGE_PATH, "image_size": self.image_size, "resize_mode": self.resize_mode,
-                "color": "grayscale repeated to 3 channels, 0..255 (the backbone's own scaling is in the model)"}
+    @property
+    def preprocessing_settings(self) -> Preprocessing:
+        """The run's preprocessing that removes non-anatomical cues (none for runs from before it existed)."""
+        return Preprocessing.of(self.config.data)
 
-    def answer(self, probability: float) -> dict[str, Any]:
-        """The fields of a prediction: probability, call, threshold and where it comes from, run, model, preprocessing."""
+    def preprocessing(self, notes: tuple[str, ...] = ()) -> dict[str, Any]:
+        out = {"image_path": IMAGE_PATH, "image_size": self.image_size, "resize_mode": self.resize_mode,
+               "color": "grayscale repeated to 3 channels, 0..255 (the backbone's own scaling is in the model)",
+               **self.preprocessing_settings.to_dict()}
+        if self.preprocessing_settings.active:
+            out["notes"] = list(notes)
+        return out
+
+    def answer(self, probability: float, notes: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The fields of a prediction: probability, call, threshold and where it comes from, run, model, preprocessing.
+
+        ``notes`` say what the run's preprocessing did to this film (:meth:`decode`); they are answered when the run
+        has preprocessing.
+        """
         point = self.point
         out = {
             "probability": float(probability),
@@ -90,7 +104,7 @@ class ModelService:
             "threshold_label": point.label,
             "run_id": self.run.id,
             "model_sha256": self.model_sha256,
-            "preprocessing": self.preprocessing(),
+            "preprocessing": self.preprocessing(notes),
             "notice": DISCLAIMER,
         }
         if point.temperature is not None:
@@ -122,9 +136,15 @@ class ModelService:
         return self._ready.wait(timeout)
 
     # --- inference -----------------------------------------------------------------------------------------
-    def decode(self, data: bytes, filename: str = "") -> np.ndarray:
-        """Film bytes → the model's input, through the one image path (raises ImageLoadError)."""
-        return load_image(data, self.image_size, self.resize_mode, filename=filename)
+    def decode(self, data: bytes, filename: str = "") -> tuple[np.ndarray, tuple[str, ...]]:
+        """Film bytes → the model's input and what preprocessing did to it, through the one image path.
+
+        Raises:
+            ImageLoadError: the bytes are not a readable film.
+        """
+        prepared = prepared_pixels(data, self.image_size, self.resize_mode,
+                                   preprocessing=self.preprocessing_settings, filename=filename)
+        return prepared.model_input(), prepared.notes
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         """P(PNEUMONIA), float64 (N,), for model inputs (N, S, S, 3)."""

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 from core.data.datasets import DatasetError
 from core.data.demo import default_cache_dir
 from core.data.pipeline import load_arrays, make_dataset, weights_in_batches
+from core.data.preprocess import Preprocessing
 from core.data.splits import run_splits
 from core.training.cluster import barrier, check_same_data, connect_cluster, prepare_multiworker_fit
 from core.training.device import enable_compile_cache, set_seed
@@ -147,9 +148,9 @@ def fit_run(run: Run, writer: StatusWriter, *, device: str | None = None, cluste
     if multiworker and mirror_of is None:
         barrier(strategy)  # the other workers may now copy the plan and the splits
     log.info("data: %s — train %d, val %d, test %d images", splits.source, len(splits.train), len(splits.val), len(splits.test))
-    size, mode = config.data.image_size, config.data.resize_mode
-    x_train, y_train = load_arrays(splits.train, size, mode, cache=config.data.cache)
-    x_val, y_val = load_arrays(splits.val, size, mode, cache=config.data.cache)
+    size, mode, prep = config.data.image_size, config.data.resize_mode, Preprocessing.of(config.data)
+    x_train, y_train = load_arrays(splits.train, size, mode, cache=config.data.cache, preprocessing=prep)
+    x_val, y_val = load_arrays(splits.val, size, mode, cache=config.data.cache, preprocessing=prep)
     if len(np.unique(y_train)) < 2 or len(np.unique(y_val)) < 2:
         raise DatasetError("training and validation data each need images of both classes")
     if multiworker:  # also the barrier that ends the other workers' copying

@@ -1,14 +1,19 @@
-"""Data: choose the image source, check it (counts, patients, sizes, problems), see samples and augmentation."""
+"""Data: choose the image source, check it (counts, patients, sizes, problems), see samples, augmentation and preprocessing."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from PIL import Image, ImageDraw
 
 from core.config import AugmentConfig
 from core.data.datasets import CLASS_NAMES, DatasetError, download_kaggle, patient_overlap
 from core.data.decode import ImageLoadError
-from core.data.images import image_size_spread, load_image, unreadable_files
+from core.data.images import image_size_spread, load_image, prepared_pixels, read_image, unreadable_files
+from core.data.preprocess import Prepared, Preprocessing
 from core.data.splits import MANIFEST_NAME, folder_changes, read_manifest
 from dashboard import charts, resources, state
 
@@ -266,6 +271,59 @@ def augmentation_preview(paths: list[str]) -> None:
 train_paths = [r.path for r in index.split(sample_split) if "::" not in r.path][:50]
 if train_paths:
     augmentation_preview(train_paths)
+
+# ---------------------------------------------------------------------------------- preprocessing
+st.subheader("Preprocessing preview")
+st.caption("Preprocessing removes what is not anatomy before the model sees a film: burnt-in markers (green), "
+           "everything outside the body (the red box is kept), and each site's own brightness and contrast. "
+           "Training, evaluation, Explain, Demo and the API all apply it. These settings are used by the Train page.")
+
+
+def outlined(film: np.ndarray, prepared: Prepared) -> np.ndarray:
+    """The decoded film in RGB with the body's box (red) and the removed markers (green) drawn on it."""
+    picture = Image.fromarray(film).convert("RGB")
+    pen = ImageDraw.Draw(picture)
+    width = max(1, round(max(film.shape) / 150))
+    for box in prepared.markers:
+        pen.rectangle((box.left, box.top, box.right - 1, box.bottom - 1), outline=(40, 200, 60), width=width)
+    if prepared.body is not None:
+        left, top, right, bottom = prepared.body
+        pen.rectangle((left, top, right - 1, bottom - 1), outline=(230, 40, 40), width=width)
+    return np.asarray(picture)
+
+
+@st.fragment
+def preprocessing_preview(paths: list[str], films: int = 3) -> None:
+    controls, grid = st.columns([1, 3])
+    with controls:
+        state.preprocessing_controls()
+        first = st.session_state.get("prep_first", 0) % len(paths)
+        if st.button("Other films", icon=":material/refresh:", key="prep_next"):
+            first = (first + films) % len(paths)
+            st.session_state["prep_first"] = first
+    settings = Preprocessing(st.session_state["cfg.data.field_of_view"], st.session_state["cfg.data.remove_markers"],
+                             st.session_state["cfg.data.intensity"])
+    size, mode = st.session_state["cfg.data.image_size"], st.session_state["cfg.data.resize_mode"]
+    with grid:
+        if not settings.active:
+            st.caption("All preprocessing is off: the model sees each film as decoded and resized "
+                       f"({size} px, {mode}).")
+        for path in [paths[(first + i) % len(paths)] for i in range(min(films, len(paths)))]:
+            try:
+                film = read_image(path, draft_size=size)  # the same decode as the model's, so the boxes fit it
+                prepared = prepared_pixels(path, size, mode, preprocessing=settings)
+            except ImageLoadError as exc:
+                st.error(f"Cannot preview {path}: {exc}")
+                continue
+            before, after = st.columns(2)
+            before.image(outlined(film, prepared), caption=f"before · {Path(path).name}", width="stretch")
+            after.image(prepared.pixels, caption=f"after · what the model sees ({size} px, {mode})", width="stretch")
+            if prepared.notes:
+                st.caption(" · ".join(prepared.notes))
+
+
+if train_paths:
+    preprocessing_preview(train_paths)
 
 # ---------------------------------------------------------------------------------- shift against a run
 from dashboard.views import shift as shift_section  # noqa: E402  (the section's own imports wait until here)

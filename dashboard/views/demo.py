@@ -8,7 +8,8 @@ import streamlit as st
 
 from core.data.datasets import CLASS_NAMES
 from core.data.decode import ImageLoadError
-from core.data.images import load_image, read_image
+from core.data.images import prepared_pixels, read_image
+from core.data.preprocess import Preprocessing
 from dashboard import charts, resources, state
 from dashboard.views import reader
 
@@ -163,7 +164,9 @@ else:
     image_source, name = upload.getvalue(), upload.name
 
 try:
-    image = load_image(image_source, config.data.image_size, config.data.resize_mode, filename=name)  # as evaluated
+    prepared = prepared_pixels(image_source, config.data.image_size, config.data.resize_mode,
+                               preprocessing=Preprocessing.of(config.data), filename=name)
+    image = prepared.model_input()  # as evaluated
     gray = read_image(image_source, filename=name)  # full resolution, for the screen only
 except ImageLoadError as exc:
     st.error(f"This file cannot be used: {exc}", icon=":material/error:")
@@ -184,7 +187,8 @@ from core.evaluation.overlay import cam_on_film, overlay  # noqa: E402  (TensorF
 
 zoom = st.session_state.get("demo_zoom", 1.0)
 across, down = st.session_state.get("demo_across", 0.5), st.session_state.get("demo_down", 0.5)
-cam = np.round(cam_on_film(result["cam"], gray.shape[0], gray.shape[1], config.data.resize_mode) * 255).astype(np.uint8)
+cam = np.round(cam_on_film(result["cam"], gray.shape[0], gray.shape[1], config.data.resize_mode,
+                           prepared.body_on(*gray.shape[:2])) * 255).astype(np.uint8)
 film_view = zoomed(gray, zoom, across, down)
 heat_view = overlay(for_screen(film_view), for_screen(zoomed(cam, zoom, across, down)) / 255.0, 0.45)
 film_col, heat_col, verdict = st.columns([3, 3, 2], gap="medium")

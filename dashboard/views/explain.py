@@ -8,7 +8,8 @@ import streamlit as st
 
 from core.data.datasets import CLASS_NAMES
 from core.data.decode import ImageLoadError
-from core.data.images import load_image, read_image
+from core.data.images import prepared_pixels, read_image
+from core.data.preprocess import Preprocessing
 from dashboard import charts, resources, state
 
 st.title("Explain")
@@ -22,6 +23,7 @@ config = run.config()
 point = state.pick_operating_point(run)
 threshold = point.threshold
 size, resize_mode = config.data.image_size, config.data.resize_mode
+preprocessing = Preprocessing.of(config.data)
 st.caption(f"Run **{charts.run_title(run)}** · {config.model.backbone} at {size} px · {point.label} · "
            f"trained on {state.data_label(config)}" + (f" {state.SYNTHETIC_BADGE}" if state.is_synthetic(config) else ""))
 
@@ -54,7 +56,8 @@ else:
     image_source, name = upload.getvalue(), upload.name
 
 try:
-    image = load_image(image_source, size, resize_mode, filename=name)  # exactly what the run was evaluated on
+    prepared = prepared_pixels(image_source, size, resize_mode, preprocessing=preprocessing, filename=name)
+    image = prepared.model_input()  # exactly what the run was evaluated on
     gray = read_image(image_source, filename=name)  # full resolution, for the screen only
 except ImageLoadError as exc:
     st.error(f"This file cannot be used: {exc}", icon=":material/error:")
@@ -101,7 +104,9 @@ cols[2].metric("True label", CLASS_NAMES[truth] if truth is not None else "unkno
 cols[3].metric("Heatmap shows evidence for", result["explained"].upper())
 st.markdown(resources.cue_sentence(resources.without_cues(run.id, path, modified, image_hash, image)))
 
-picture = resources.display_image(gray, size, resize_mode)
+picture = resources.display_image(gray, size, resize_mode, preprocessing)
+if preprocessing.active:
+    st.caption(f":material/filter_center_focus: Preprocessing ({preprocessing.describe()}): {'; '.join(prepared.notes)}.")
 blend = overlay(picture, result["cam"], opacity, colormap)
 left, middle, right = st.columns(3)
 left.image(picture, caption=f"X-ray ({name})", width="stretch")

@@ -10,7 +10,8 @@ import streamlit as st
 
 from core.data.datasets import CLASS_NAMES
 from core.data.decode import ImageLoadError
-from core.data.images import load_image
+from core.data.images import prepared_pixels
+from core.data.preprocess import Preprocessing
 from core.data.sample import local_path
 from core.evaluation.overlay import cam_on_film, overlay
 from core.evaluation.reader_report import MODEL_COLOUR, READER_COLOURS, export_csv, figure_rows, model_row, reader_png
@@ -352,7 +353,9 @@ def _disagreements(run: Run, point: OperatingPoint, chosen: list[ReaderSession],
                        f"{CLASS_NAMES[int(film.probability >= point.threshold)]}")
             gray = resources.screen_film(source, 512)
             try:
-                image = load_image(source, config.data.image_size, config.data.resize_mode)
+                prepared = prepared_pixels(source, config.data.image_size, config.data.resize_mode,
+                                           preprocessing=Preprocessing.of(config.data))
+                image = prepared.model_input()
                 result = resources.explain_image(run.id, model_path, modified, resources.digest(image.tobytes()),
                                                  image, "gradcam", None, point.threshold)
             except ImageLoadError:
@@ -364,6 +367,7 @@ def _disagreements(run: Run, point: OperatingPoint, chosen: list[ReaderSession],
             if gray is None:
                 col.warning(f"{film.name} no longer exists: no Grad-CAM.", icon=":material/image_not_supported:")
                 continue
-            cam = cam_on_film(result["cam"], gray.shape[0], gray.shape[1], config.data.resize_mode)
+            cam = cam_on_film(result["cam"], gray.shape[0], gray.shape[1], config.data.resize_mode,
+                              prepared.body_on(*gray.shape[:2]))
             col.image(overlay(gray, cam, 0.45), width="stretch")
             col.caption(caption)

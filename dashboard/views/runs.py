@@ -7,6 +7,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core.config import BACKBONES
+from core.data.preprocess import Preprocessing
 from core.evaluation.ensemble import member_ids
 from core.jobs.sweep import list_sweeps, sweep_of_runs
 from core.serving import serve_command
@@ -43,6 +44,7 @@ def summary(run: Run) -> dict:
         "state": status.state,
         "backbone": f"ensemble of {len(members)} ({backbone}, …)" if members else backbone,
         "size": config.data.image_size,
+        "preprocessing": Preprocessing.of(config.data).describe(),
         "weights": config.model.weights if config.model.weights in ("imagenet", "none") else "file",
         "backend": config.train.backend,  # the Keras backend it trained with; any run's model opens here (TensorFlow)
         "epochs": f"{status.epoch}/{status.epochs_total or config.train.head.epochs + config.train.finetune.epochs}",

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.config import AUGMENT_STRENGTHS, BACKBONES, ConfigError
+from core.config import AUGMENT_STRENGTHS, BACKBONES, FIELDS_OF_VIEW, INTENSITIES, ConfigError
 from core.jobs.sweep import (AXIS_LABELS, MemberResult, Sweep, best_member, create_final_run, create_sweep, describe,
                              list_sweeps, plan_members, sweep_results, validation_figures)
 from core.store.runs import Run, RunError
@@ -24,7 +24,7 @@ MEMBER_COLUMNS = {
 }
 
 st.title("Sweep")
-st.caption("Try several unfreeze depths, augmentation strengths, learning rates or backbones in one go. Each member "
+st.caption("Try several unfreeze depths, augmentation strengths, learning rates, backbones or preprocessing in one go. Each member "
            "is a normal run; members are compared on **validation only** and never evaluated on test. Only the final "
            "run you train with the chosen settings is evaluated, once, on the test split.")
 
@@ -38,7 +38,8 @@ def _busy() -> bool:
 # ---------------------------------------------------------------------------------- a new sweep
 def _grid_from_widgets() -> dict[str, list]:
     grid: dict[str, list] = {}
-    for key, axis in (("sweep_blocks", "unfreeze_from_block"), ("sweep_augment", "augment"), ("sweep_backbones", "backbone")):
+    for key, axis in (("sweep_blocks", "unfreeze_from_block"), ("sweep_augment", "augment"),
+                      ("sweep_backbones", "backbone"), ("sweep_fov", "field_of_view"), ("sweep_intensity", "intensity")):
         if st.session_state.get(key):
             grid[axis] = list(st.session_state[key])
     text = st.session_state.get("sweep_lrs", "").strip()
@@ -71,6 +72,10 @@ def new_sweep() -> None:
                     help="Comma-separated; empty keeps the base setting.")
     right.multiselect("Backbones", list(BACKBONES), key="sweep_backbones", format_func=lambda b: BACKBONES[b].label,
                       help="Empty keeps the base backbone.")
+    left.multiselect("Field of view", list(FIELDS_OF_VIEW), key="sweep_fov",
+                     help="Preprocessing: the whole film, or cropped to the body. Empty keeps the base setting.")
+    right.multiselect("Intensity", list(INTENSITIES), key="sweep_intensity",
+                      help="Preprocessing: as decoded, CLAHE, or the 1–99 % window. Empty keeps the base setting.")
     st.text_input("Sweep name", key="sweep_name", placeholder=f"{base.name}-sweep")
     name = st.session_state.get("sweep_name", "").strip() or f"{base.name}-sweep"
 

@@ -305,6 +305,8 @@ with data_tab:
                  help="Stretch squashes the film to a square (its shape then shows as squeezed anatomy); letterbox "
                       "keeps the aspect ratio and pads with black (the bars carry the shape); center_square keeps "
                       "the centred square of the shorter side, as PneumoniaMNIST did.")
+        st.markdown("**Preprocessing** (also on the Data page, with a preview)")
+        state.preprocessing_controls()
         st.radio("Validation set", ["patient_split", "official"], key="cfg.data.validation", horizontal=True,
                  format_func={"patient_split": "carved from train by patient", "official": "the set's own val split"}.get)
         if st.session_state["cfg.data.validation"] == "patient_split":

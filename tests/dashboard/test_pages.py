@@ -149,6 +149,29 @@ def test_augmentation_sliders_are_shared_with_the_train_page(empty_env):
     assert at.slider(key="cfg.augment.rotation_degrees").value == 30.0
 
 
+def _image_captions(at: AppTest) -> list[str]:
+    return [img.caption for element in at.image for img in element.proto.imgs]
+
+
+def test_preprocessing_preview_shows_before_and_after_with_the_notes_and_shares_its_settings(empty_env):
+    at = open_page()
+    assert "Preprocessing preview" in texts(at) and "All preprocessing is off" in texts(at)
+    befores = [c for c in _image_captions(at) if c.startswith("before · ")]
+    assert len(befores) == 3 and len([c for c in _image_captions(at) if c.startswith("after · ")]) == 3
+    at.radio(key="cfg.data.field_of_view").set_value("body")
+    at.checkbox(key="cfg.data.remove_markers").check()
+    at.radio(key="cfg.data.intensity").set_value("clahe").run()
+    assert not at.exception, [e.message for e in at.exception]
+    notes = [str(c.value) for c in at.caption if "CLAHE applied" in str(c.value)]
+    assert len(notes) == 3 and all("marker" in note and ("body" in note or "full film kept" in note) for note in notes)
+    assert "All preprocessing is off" not in texts(at)
+    at.button(key="prep_next").click().run()
+    assert not at.exception and set(_image_captions(at)).isdisjoint(befores)  # three other films
+    at.switch_page("views/train.py").run()
+    assert at.radio(key="cfg.data.intensity").value == "clahe" and at.checkbox(key="cfg.data.remove_markers").value
+    assert at.radio(key="cfg.data.field_of_view").value == "body"
+
+
 # ---------------------------------------------------------------------------------- Train
 def test_layer_table_follows_the_unfreeze_slider(empty_env):
     at = open_page("train")
@@ -487,6 +510,19 @@ def test_demo_shows_the_notice_and_steps_through_the_test_cases(runs_env):
     at.button(key="demo_prev").click().run()
     at.button(key="demo_prev").click().run()
     assert "Case 20 of 20" in texts(at) and not at.exception
+
+
+def test_a_run_with_preprocessing_is_explained_and_demoed_on_its_own_pixels(finished_only_env):
+    run = finished_only_env["finished"]
+    config = json.loads((run.path / "config.json").read_text())
+    config["data"].update(field_of_view="body", remove_markers=True, intensity="clahe")
+    (run.path / "config.json").write_text(json.dumps(config))
+    at = open_page("explain")
+    assert not at.exception and len(at.image) == 3
+    notes = [str(c.value) for c in at.caption if str(c.value).startswith(":material/filter_center_focus:")]
+    assert len(notes) == 1 and "cropped to the body, CLAHE" in notes[0] and "CLAHE applied" in notes[0]
+    at = open_page("demo")
+    assert not at.exception and len(at.image) == 2 and "Case 1 of 20" in texts(at)
 
 
 def test_reruns_keep_the_keras_session_and_matplotlib_is_still_cleaned(empty_env, monkeypatch):

@@ -137,6 +137,19 @@ def test_a_new_sweep_names_bad_grids_and_starts_a_valid_one(empty_env, monkeypat
     assert len(json.loads((sweeps[0] / "sweep.json").read_text())["members"]) == 4
 
 
+def test_a_sweep_over_preprocessing_starts_members_that_see_the_films_differently(empty_env, monkeypatch):
+    monkeypatch.setattr(Sweep, "launch", lambda self, resume=False, env=None: 1)
+    at = open_page("sweep")
+    at.multiselect(key="sweep_intensity").set_value(["none", "clahe", "window"]).run()
+    at.multiselect(key="sweep_fov").set_value(["body"]).run()
+    assert "**3 members** (1 × 3)" in texts(at)  # field of view × intensity
+    next(b for b in at.button if b.label == "Start sweep").click().run()
+    assert not at.exception
+    (folder,) = [p for p in empty_env.iterdir() if p.name.startswith("sweep-")]
+    members = [Run(empty_env / m["run"]).config().data for m in json.loads((folder / "sweep.json").read_text())["members"]]
+    assert [(d.intensity, d.field_of_view) for d in members] == [("none", "body"), ("clahe", "body"), ("window", "body")]
+
+
 def test_runs_groups_members_and_evaluate_explains_why_a_member_has_no_test_figures(finished_sweep):
     store, sweep, runs = finished_sweep
     at = open_page("runs")

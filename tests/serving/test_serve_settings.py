@@ -149,3 +149,35 @@ def test_a_site_profile_sets_the_threshold_and_the_calibrated_probability(tmp_pa
     assert card["serve_command"] == f"cxr-serve {STARTER} --site clinic"
     assert card["operating_point"]["site_profiles"] == ["clinic"]
     assert ModelService(run).answer(0.7)["call"] == "PNEUMONIA"
+
+
+def test_a_run_with_preprocessing_answers_what_was_done_to_each_film(tmp_path):
+    import json
+
+    import numpy as np
+
+    from core.data.images import load_image
+    from core.data.preprocess import Preprocessing
+    from core.serving.schemas import Prediction
+    from core.serving.service import ModelService
+    from core.store.runs import RunStore
+
+    film = sorted((REPO / "sample" / "chest_xray" / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    starter = ModelService(RunStore(REPO / "models").get(STARTER))  # the shipped starter: no preprocessing
+    image, notes = starter.decode(film.read_bytes(), film.name)
+    plain = starter.answer(0.7, notes)["preprocessing"]
+    assert notes == () and "notes" not in plain and plain["intensity"] == "none" and plain["field_of_view"] == "full"
+    assert np.array_equal(image, load_image(film, 224))
+
+    shutil.copytree(REPO / "models" / STARTER, tmp_path / STARTER)
+    config = json.loads((tmp_path / STARTER / "config.json").read_text())
+    config["data"].update(field_of_view="body", remove_markers=True, intensity="window")
+    (tmp_path / STARTER / "config.json").write_text(json.dumps(config))
+    service = ModelService(RunStore(tmp_path).get(STARTER))
+    image, notes = service.decode(film.read_bytes(), film.name)
+    settings = Preprocessing("body", True, "window")
+    assert np.array_equal(image, load_image(film, 224, preprocessing=settings))
+    answer = service.answer(0.7, notes)
+    assert answer["preprocessing"]["notes"] == list(notes) and len(notes) == 3 and "window" in notes[-1]
+    assert answer["preprocessing"]["remove_markers"] is True and answer["preprocessing"]["intensity"] == "window"
+    assert Prediction(**answer).preprocessing.notes == list(notes)  # the published answer's shape takes it

@@ -16,6 +16,9 @@ AXES = {
     "finetune_learning_rate": "train.finetune.learning_rate",
     "head_learning_rate": "train.head.learning_rate",
     "backbone": "model.backbone",
+    "field_of_view": "data.field_of_view",  # the preprocessing that removes non-anatomical cues (core.data.preprocess)
+    "remove_markers": "data.remove_markers",
+    "intensity": "data.intensity",
 }
 AXIS_LABELS = {
     "model.unfreeze_from_block": "unfreeze from block",
@@ -23,8 +26,12 @@ AXIS_LABELS = {
     "train.finetune.learning_rate": "fine-tune learning rate",
     "train.head.learning_rate": "head learning rate",
     "model.backbone": "backbone",
+    "data.field_of_view": "field of view",
+    "data.remove_markers": "remove markers",
+    "data.intensity": "intensity",
 }
-_SHORT = {"model.unfreeze_from_block": "b", "train.finetune.learning_rate": "ftlr", "train.head.learning_rate": "hlr"}
+_SHORT = {"model.unfreeze_from_block": "b", "train.finetune.learning_rate": "ftlr", "train.head.learning_rate": "hlr",
+          "data.field_of_view": "fov", "data.remove_markers": "markers", "data.intensity": ""}
 RESERVED = ("name", "data.cache", "train.evaluate_test")  # set by the sweep on every member
 
 

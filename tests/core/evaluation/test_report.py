@@ -82,3 +82,14 @@ def test_case_png_puts_film_and_overlay_side_by_side():
     row = image[150]  # through both pictures: the grey film, then the red overlay at 250 px wide each
     assert (row[40:280, 0] == row[40:280, 1]).all()  # grey
     assert (row[300:530, 0] > 200).all() and (row[300:530, 1] < 30).all()  # red
+
+
+def test_model_card_lists_the_preprocessing_settings(sample_run, tmp_path):
+    run, _ = sample_run
+    assert "**Preprocessing:** field of view *full*, remove markers *no*, intensity *none* (the film as decoded)" \
+        in model_card(run)
+    config = preset("Quick real-sample demo").with_overrides(**{
+        "name": "preprocessed", "data.field_of_view": "body", "data.remove_markers": True, "data.intensity": "clahe"})
+    card = model_card(RunStore(tmp_path / "other").create(config))
+    assert ("**Preprocessing:** field of view *body*, remove markers *yes*, intensity *clahe* "
+            "(burnt-in markers inpainted, cropped to the body, CLAHE)") in card

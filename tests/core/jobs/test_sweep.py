@@ -14,8 +14,8 @@ from run_helpers import wait_for
 
 from core.config import ConfigError, augment_strength, preset
 from core.store.runs import Run, RunError, RunStore
-from core.jobs.sweep import (best_member, create_final_run, create_sweep, get_sweep, list_sweeps, member_slots,
-                        normalize_grid, plan_members, run_sweep, sweep_of_runs, sweep_results)
+from core.jobs.sweep import (best_member, create_final_run, create_sweep, describe, get_sweep, list_sweeps,
+                        member_slots, normalize_grid, plan_members, run_sweep, sweep_of_runs, sweep_results)
 
 REPO = Path(__file__).resolve().parents[3]
 STAND_IN = [sys.executable, str(Path(__file__).with_name("sweep_stand_in.py"))]
@@ -103,6 +103,22 @@ def test_every_member_is_validated_before_anything_is_created(tmp_path):
     assert not list(tmp_path.iterdir())
     with pytest.raises(ConfigError, match="base settings: data.image_size"):
         create_sweep(store, _base(**{"data.image_size": 8}), {"augment": ["none"]})
+
+
+def test_preprocessing_settings_are_grid_axes_from_the_command_line(tmp_path):
+    from core.jobs.commands.sweep import parse_grid
+
+    grid = parse_grid(["intensity=none,clahe,window", "field_of_view=full,body", "data.remove_markers=true"])
+    sweep = create_sweep(RunStore(tmp_path), _base(), grid)
+    members = sweep.members()
+    assert len(members) == 6 and {run.config().data.remove_markers for run, _ in members} == {True}
+    seen = {(run.config().data.intensity, run.config().data.field_of_view) for run, _ in members}
+    assert seen == {(i, f) for i in ("none", "clahe", "window") for f in ("full", "body")}
+    settings = members[1][1]
+    assert settings == {"data.intensity": "none", "data.field_of_view": "body", "data.remove_markers": True}
+    assert describe(settings) == "intensity none · field of view body · remove markers True"
+    with pytest.raises(ConfigError, match="data.intensity"):
+        create_sweep(RunStore(tmp_path / "bad"), _base(), {"intensity": ["none", "gamma"]})
 
 
 def test_grid_names_resolve_and_values_deduplicate():
