@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.quality.paths import DEFAULT_KAGGLE, DEFAULT_MEDMNIST, REPO
+from benchmarks.quality.paths import DEFAULT_KAGGLE, DEFAULT_MEDMNIST, ORIGINALS, REPO, RESTAGED_KAGGLE
 from benchmarks.quality.rows import Row
 
 if TYPE_CHECKING:  # for the annotations only: no import of the core at load time
     from core.config import RunConfig
     from core.store.runs import Run, RunStore
 
-__all__ = ["resolve_data", "build_config", "seed_config", "weights_label", "preflight_weights", "Say", "RowResult",
+__all__ = ["resolve_data", "restaged_copy", "build_config", "seed_config", "weights_label", "preflight_weights", "Say", "RowResult",
            "RowOutcome", "follow_run", "reusable_run", "run_row", "run_seeds", "run_ensemble"]
 
 
@@ -38,6 +38,17 @@ def resolve_data(data: str | None, medmnist: bool) -> tuple[str, str]:
             path = REPO / path
     kind = "medmnist" if medmnist or str(path).endswith(".npz") else "kaggle"
     return kind, str(path)
+
+
+def restaged_copy(say: Callable[[str], None] = print) -> str:
+    """The restaged Kaggle copy (every training film's shape restored, validation from originals), built if missing."""
+    from core.data.restage import restage
+
+    folder = REPO / RESTAGED_KAGGLE
+    if not folder.is_dir():
+        say(f"building the restaged copy of {DEFAULT_KAGGLE} in {RESTAGED_KAGGLE} (python -m core.data.restage)")
+        say(restage(REPO / DEFAULT_KAGGLE, REPO / ORIGINALS, folder).summary())
+    return str(RESTAGED_KAGGLE if Path.cwd().resolve() == REPO else folder)  # relative, as the default data path
 
 
 def _repo_path(value: str) -> str:
@@ -60,7 +71,7 @@ def build_config(name: str, row: Row, kind: str, data_path: str, args: argparse.
     elif kind == "demo":
         overrides.update({"data.source": "demo", "data.path": None})
     else:
-        overrides.update({"data.source": "folder", "data.path": data_path})
+        overrides.update({"data.source": "folder", "data.path": restaged_copy() if row.restaged else data_path})
     if args is not None:
         cli = {"model.backbone": args.backbone, "model.weights": args.weights and _repo_path(args.weights),
                "model.alpha": args.alpha, "data.image_size": args.image_size,

