@@ -1,10 +1,11 @@
 """Does the film's geometry carry the class? The same preset trained once per resize mode, each run tested and audited.
 
-    python -m benchmarks.geometry [--preset "Quick real-sample demo"] [--modes stretch center_square]
+    python -m benchmarks.geometry [--preset "Quick real-sample demo"] [--variants stretch center_square preprocessed]
         [--seeds 42] [--store DIR] [--out benchmarks/results/geometry.json]
 
-Each resize mode (``data.resize_mode``: ``stretch`` squashes every film to a square, ``letterbox``
-pads it, ``center_square`` keeps the centred square of its shorter side) trains the preset as a
+Each variant (:data:`VARIANTS`: ``stretch`` squashes every film to a square, ``letterbox`` pads it,
+``center_square`` keeps the centred square of its shorter side, ``preprocessed`` crops to the body,
+takes that box's centred square, inpaints burnt-in markers and applies CLAHE) trains the preset as a
 normal run (``python -m core.train``), which chooses its threshold on validation and is evaluated
 once on its test films; then the shortcut audit (``core.evaluation.audit``) measures on those
 films the calls that change without the border or the markers, and the shape cue: within each
@@ -24,14 +25,21 @@ from core.config import PRESETS, RESIZE_MODES, preset
 from core.config.paths import REPO_ROOT
 from core.store.runs import RunStore
 
-__all__ = ["train_and_audit", "main"]
+__all__ = ["VARIANTS", "train_and_audit", "main"]
+
+# The data settings of each variant, on top of the preset's own.
+VARIANTS: dict[str, dict[str, Any]] = {
+    **{mode: {"data.resize_mode": mode} for mode in RESIZE_MODES},
+    "preprocessed": {"data.resize_mode": "center_square", "data.field_of_view": "body", "data.remove_markers": True,
+                     "data.intensity": "clahe"},
+}
 
 
 def train_and_audit(store: RunStore, preset_name: str, mode: str, seed: int) -> dict[str, Any]:
     """One run of the preset at this resize mode and seed, trained in its own process, then audited."""
     from core.evaluation.audit import shortcut_audit  # heavy: Keras, TensorFlow
 
-    config = preset(preset_name).with_overrides(**{"data.resize_mode": mode, "train.seed": seed,
+    config = preset(preset_name).with_overrides(**{**VARIANTS[mode], "train.seed": seed,
                                                    "name": f"geometry-{mode}-seed{seed}"})
     run = store.create(config)
     done = subprocess.run([sys.executable, "-m", "core.train", "--run-dir", str(run.path)], cwd=REPO_ROOT,
@@ -57,7 +65,8 @@ def _rho(entry: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--preset", default="Quick real-sample demo", choices=list(PRESETS))
-    parser.add_argument("--modes", nargs="+", default=["stretch", "center_square"], choices=list(RESIZE_MODES))
+    parser.add_argument("--variants", "--modes", nargs="+", default=["stretch", "center_square", "preprocessed"],
+                        choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--store", type=Path, help="run store for the runs (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import_tensorflow_quietly()
     store = RunStore(args.store or Path(tempfile.mkdtemp(prefix="cxr-geometry-")))
     result = {"benchmark": "geometry", "preset": args.preset, "machine": machine(),
-              "runs": [train_and_audit(store, args.preset, mode, seed) for seed in args.seeds for mode in args.modes]}
+              "runs": [train_and_audit(store, args.preset, mode, seed) for seed in args.seeds for mode in args.variants]}
     rows = [[r["mode"], r["seed"], f"{r['roc_auc']:.3f}", f"{100 * r['sensitivity']:.1f} %",
              f"{100 * r['specificity']:.1f} %",
              f"{r['border_flips']['NORMAL']['flipped']}/{r['border_flips']['NORMAL']['n']}",

@@ -14,7 +14,8 @@ process, on the same shifted films.
 Shifts (fixed beforehand, from the shortcut-robust issue): zoom in by cropping 3 % and 6 % of each
 side; a crop of 5 % off one side; gamma 0.7 and 1.4; JPEG recompression at quality 30; a mild
 Gaussian blur (σ = 0.4 % of the shorter side, about 1 px at 224 px); half resolution; a laterality
-letter pasted into the top-right corner.
+letter pasted into the top-right corner. And the shortcut audit's neutral-fill border mask, applied to
+the model's input (:data:`BORDER_MASK`).
 """
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from benchmarks._common import base_parser, finish, machine, table
 from benchmarks.quality.results import path_roots, portable
+from core.data.cues import neutral_border
 from core.data.datasets import CLASS_NAMES, find_dataset
 from core.data.decode import decode_image
 from core.data.images import Preprocessing, preprocess_gray, read_image
 from core.store.runs import Run
 
-__all__ = ["SHIFTS", "crop", "gamma", "jpeg", "blur", "half_resolution", "paste_letter", "measure", "main"]
+__all__ = ["SHIFTS", "BORDER_MASK", "crop", "gamma", "jpeg", "blur", "half_resolution", "paste_letter", "measure", "main"]
 
 
 def crop(gray: np.ndarray, fraction: float, sides: str = "all") -> np.ndarray:
@@ -88,6 +90,9 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "half resolution": half_resolution,
     "letter pasted": paste_letter,
 }
+# Applied to the model's input rather than to the film: the shortcut audit's border mask (core.data.cues), the outer
+# 10 % band replaced by a strongly blurred copy of the same film, so a border's letters and edges are gone.
+BORDER_MASK = "border masked (neutral fill)"
 
 
 def _model(run_dir: Path) -> tuple[Any, dict[str, Any]]:
@@ -128,8 +133,9 @@ def measure(run_dirs: list[Path], films: list[tuple[str, int]], say: Callable[[s
         stack = pixels[(meta["image_size"], meta["resize_mode"], meta["preprocessing"])]
         base = _probabilities(model, np.stack(stack["none"]))
         rows = {}
-        for name in SHIFTS:
-            shifted = _probabilities(model, np.stack(stack[name]))
+        for name in (*SHIFTS, BORDER_MASK):
+            shifted_pixels = neutral_border(np.stack(stack["none"])) if name == BORDER_MASK else np.stack(stack[name])
+            shifted = _probabilities(model, shifted_pixels)
             flipped = (base >= meta["threshold"]) != (shifted >= meta["threshold"])
             rows[name] = {"flipped": int(flipped.sum()), "flip_rate": float(flipped.mean()),
                           "mean_abs_delta": float(np.abs(shifted - base).mean()),
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     index = find_dataset(args.data)
     films = [(r.path, r.label) for label in (0, 1)
              for r in [r for r in index.split("test") if r.label == label][:args.films]]
-    result = portable({"benchmark": "stability", "data": str(args.data), "machine": machine(), "shifts": list(SHIFTS),
+    result = portable({"benchmark": "stability", "data": str(args.data), "machine": machine(), "shifts": [*SHIFTS, BORDER_MASK],
                        **measure(args.runs, films)}, path_roots())  # no path of this machine in the results
     rows = [[run["run"], name, f"{s['flipped']}/{result['n_films']}", f"{100 * s['flip_rate']:.1f} %",
              s["per_class"]["NORMAL"]["flipped"], s["per_class"]["PNEUMONIA"]["flipped"], f"{s['mean_abs_delta']:.3f}",

@@ -34,7 +34,7 @@ from core.data.cues import BORDER_FRACTION, border_mask, neutral_border, remove_
 from core.data.datasets import CLASS_NAMES
 from core.data.images import film_size
 from core.data.sample import portable_path
-from core.evaluation.cue_stats import box_energy, call_changes, shape_cue
+from core.evaluation.cue_stats import auc_change_ci, box_energy, call_changes, shape_cue
 from core.evaluation.overlay import overlay
 from core.store.runs import RunError
 
@@ -71,23 +71,6 @@ def _small(maps: np.ndarray) -> list[list[float]]:
     """A mean map at MAP_SIZE², rounded, for JSON."""
     img = Image.fromarray(np.asarray(maps, dtype=np.float32), mode="F").resize((MAP_SIZE, MAP_SIZE), Image.BILINEAR)
     return np.round(np.asarray(img, dtype=np.float64), 3).tolist()
-
-
-def _auc_change_ci(y: np.ndarray, before: np.ndarray, after: np.ndarray, groups: list[str],
-                   n_boot: int = 1000, seed: int = 0) -> list[float | None]:
-    """95 % percentile interval of AUC(after) − AUC(before), both on the same bootstrap samples of patients."""
-    from core.evaluation.metrics import weighted_rank_metrics  # the patient bootstrap of the headline intervals
-
-    rng = np.random.default_rng(seed)
-    _, index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    n = int(index.max()) + 1
-    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)[:, index].astype(np.float64)
-    change = weighted_rank_metrics(y, after, weights)[0] - weighted_rank_metrics(y, before, weights)[0]
-    change = change[np.isfinite(change)]
-    if change.size < n_boot // 10:
-        return [None, None]
-    lo, hi = np.percentile(change, [2.5, 97.5])
-    return [float(lo), float(hi)]
 
 
 def _pct(value: float) -> str:
@@ -246,7 +229,7 @@ def shortcut_audit(run: Any, progress: Progress | None = None, border_fraction: 
         "border": call_changes(y, prob, prob_neutral, threshold),
         "auc": auc,
         "auc_border_neutral": auc_neutral,
-        "auc_change_ci": _auc_change_ci(y, prob, prob_neutral, patients) if both else [None, None],
+        "auc_change_ci": auc_change_ci(y, prob, prob_neutral, patients) if both else [None, None],
         "markers": {"films": int(len(with_markers)), "flipped": marker_change["flipped"],
                     "per_class": marker_change["per_class"],
                     "energy": box_energy(cams[with_markers], [boxes[i] for i in with_markers])},

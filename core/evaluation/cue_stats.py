@@ -9,7 +9,7 @@ import numpy as np
 from core.data.cues import Box, marker_mask
 from core.data.datasets import CLASS_NAMES
 
-__all__ = ["call_changes", "box_energy", "shape_cue", "patient_resamples"]
+__all__ = ["auc_change_ci", "call_changes", "box_energy", "shape_cue", "patient_resamples"]
 
 
 def patient_resamples(groups: Sequence[str], n_boot: int = 1000, seed: int = 0) -> list[np.ndarray]:
@@ -18,6 +18,23 @@ def patient_resamples(groups: Sequence[str], n_boot: int = 1000, seed: int = 0) 
     members = [np.flatnonzero(index == k) for k in range(int(index.max()) + 1)] if len(index) else []
     rng = np.random.default_rng(seed)
     return [np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))]) for _ in range(n_boot)]
+
+
+def auc_change_ci(y: np.ndarray, before: np.ndarray, after: np.ndarray, groups: list[str],
+                  n_boot: int = 1000, seed: int = 0) -> list[float | None]:
+    """95 % percentile interval of AUC(after) − AUC(before), both on the same bootstrap samples of patients."""
+    from core.evaluation.metrics import weighted_rank_metrics  # the patient bootstrap of the headline intervals
+
+    rng = np.random.default_rng(seed)
+    _, index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    n = int(index.max()) + 1
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)[:, index].astype(np.float64)
+    change = weighted_rank_metrics(y, after, weights)[0] - weighted_rank_metrics(y, before, weights)[0]
+    change = change[np.isfinite(change)]
+    if change.size < n_boot // 10:
+        return [None, None]
+    lo, hi = np.percentile(change, [2.5, 97.5])
+    return [float(lo), float(hi)]
 
 
 def call_changes(labels: np.ndarray, before: np.ndarray, after: np.ndarray, threshold: float) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def test_explain_works_on_the_starter(starter_env):
 
 def test_explain_and_demo_say_what_the_film_gives_without_its_border_and_markers(starter_env):
     """The sentence under the film carries the probabilities of core.evaluation.audit.film_without_cues for that film."""
-    from core.data.images import load_image
+    from core.data.images import Preprocessing, load_image
     from core.data.sample import local_path
     from core.evaluation.audit import film_without_cues
     from core.model.classifier import load_model
@@ -145,7 +145,8 @@ def test_explain_and_demo_say_what_the_film_gives_without_its_border_and_markers
     assert "P(pneumonia) =" in sentence and "blurred copy" in sentence
     config = starter_env.config()
     film = next(p["file"] for p in starter_env.metrics()["predictions"] if p["file"].rsplit("/", 1)[-1] in texts(at))
-    image = load_image(local_path(film), config.data.image_size, config.data.resize_mode)
+    image = load_image(local_path(film), config.data.image_size, config.data.resize_mode,
+                       preprocessing=Preprocessing.of(config.data))
     check = film_without_cues(load_model(starter_env.model_path), image)
     assert f"{check['without_border']:.1%}" in sentence
     if check["markers"]:

@@ -85,11 +85,10 @@ def test_case_png_puts_film_and_overlay_side_by_side():
 
 
 def test_model_card_lists_the_preprocessing_settings(sample_run, tmp_path):
-    run, _ = sample_run
-    assert "**Preprocessing:** field of view *full*, remove markers *no*, intensity *none* (the film as decoded)" \
-        in model_card(run)
-    config = preset("Quick real-sample demo").with_overrides(**{
-        "name": "preprocessed", "data.field_of_view": "body", "data.remove_markers": True, "data.intensity": "clahe"})
-    card = model_card(RunStore(tmp_path / "other").create(config))
+    run, _ = sample_run  # the Quick real-sample demo preprocesses its films
     assert ("**Preprocessing:** field of view *body*, remove markers *yes*, intensity *clahe* "
-            "(burnt-in markers inpainted, cropped to the body, CLAHE)") in card
+            "(burnt-in markers inpainted, cropped to the body, CLAHE)") in model_card(run)
+    config = preset("Quick real-sample demo").with_overrides(**{
+        "name": "as decoded", "data.field_of_view": "full", "data.remove_markers": False, "data.intensity": "none"})
+    card = model_card(RunStore(tmp_path / "other").create(config))
+    assert "**Preprocessing:** field of view *full*, remove markers *no*, intensity *none* (the film as decoded)" in card

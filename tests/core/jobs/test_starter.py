@@ -52,7 +52,7 @@ def test_a_packaged_starter_has_float16_weights_portable_paths_and_both_evaluati
     import numpy as np
 
     from core.evaluation.evaluate import predict_probabilities
-    from core.data.images import load_image
+    from core.data.images import Preprocessing, load_image
     from core.model.classifier import load_model
     from core.config.paths import REPO_ROOT
     from core.data.sample import local_path
@@ -85,7 +85,8 @@ def test_a_packaged_starter_has_float16_weights_portable_paths_and_both_evaluati
         == [local_path(p["file"]) for p in metrics["predictions"]]
     assert all(p["file"].startswith("sample/chest_xray/test/") for p in metrics["predictions"])
     first = metrics["predictions"][0]
-    image = load_image(local_path(first["file"]), 32, starter.config().data.resize_mode)
+    data = starter.config().data
+    image = load_image(local_path(first["file"]), 32, data.resize_mode, preprocessing=Preprocessing.of(data))
     assert predict_probabilities(model, image)[0] == pytest.approx(first["probability"], abs=1e-5)
     # nothing in the folder names this machine
     for path in starter.path.iterdir():
