@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.config import AUGMENT_STRENGTHS, BACKBONES, FIELDS_OF_VIEW, INTENSITIES, ConfigError
+from core.config import AUGMENT_STRENGTHS, BACKBONES, FIELDS_OF_VIEW, INTENSITIES, RESIZE_MODES, ConfigError
 from core.jobs.sweep import (AXIS_LABELS, MemberResult, Sweep, best_member, create_final_run, create_sweep, describe,
                              list_sweeps, plan_members, sweep_results, validation_figures)
 from core.store.runs import Run, RunError
@@ -39,7 +39,8 @@ def _busy() -> bool:
 def _grid_from_widgets() -> dict[str, list]:
     grid: dict[str, list] = {}
     for key, axis in (("sweep_blocks", "unfreeze_from_block"), ("sweep_augment", "augment"),
-                      ("sweep_backbones", "backbone"), ("sweep_fov", "field_of_view"), ("sweep_intensity", "intensity")):
+                      ("sweep_backbones", "backbone"), ("sweep_fov", "field_of_view"), ("sweep_intensity", "intensity"),
+                      ("sweep_sizes", "image_size"), ("sweep_resize", "resize_mode")):
         if st.session_state.get(key):
             grid[axis] = list(st.session_state[key])
     text = st.session_state.get("sweep_lrs", "").strip()
@@ -76,6 +77,12 @@ def new_sweep() -> None:
                      help="Preprocessing: the whole film, or cropped to the body. Empty keeps the base setting.")
     right.multiselect("Intensity", list(INTENSITIES), key="sweep_intensity",
                       help="Preprocessing: as decoded, CLAHE, or the 1–99 % window. Empty keeps the base setting.")
+    left.multiselect("Image size (px)", [64, 128, 224, 320, 448], key="sweep_sizes",
+                     help="Resolution the model sees. Larger costs time and memory (about the square of the side). "
+                          "Empty keeps the base setting.")
+    right.multiselect("Resize", list(RESIZE_MODES), key="sweep_resize",
+                      help="Geometry: stretch squeezes a film to a square; center_square keeps its centred square, "
+                           "so no film's shape is handed to the model. Empty keeps the base setting.")
     st.text_input("Sweep name", key="sweep_name", placeholder=f"{base.name}-sweep")
     name = st.session_state.get("sweep_name", "").strip() or f"{base.name}-sweep"
 

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import keras  # noqa: F401  (imported here first: run alone, the page's script thread met a half-imported Keras)
 import numpy as np
 import pytest
 from conftest import REPO, STAND_IN, wait_for_heartbeat
@@ -165,3 +166,17 @@ def test_runs_groups_members_and_evaluate_explains_why_a_member_has_no_test_figu
     build_classifier(config.model, config.data.image_size).save(runs[1].model_path)  # a member's model, no metrics
     at = open_page("evaluate", run_id=runs[1].id)
     assert "is a sweep member" in texts(at) and not at.error
+
+
+def test_a_sweep_over_resolution_and_geometry_starts_members_at_each_size_and_resize(empty_env, monkeypatch):
+    monkeypatch.setattr(Sweep, "launch", lambda self, resume=False, env=None: 1)
+    at = open_page("sweep")
+    at.multiselect(key="sweep_sizes").set_value([64, 128]).run()
+    at.multiselect(key="sweep_resize").set_value(["stretch", "center_square"]).run()
+    assert "**4 members** (2 × 2)" in texts(at)
+    next(b for b in at.button if b.label == "Start sweep").click().run()
+    assert not at.exception
+    (folder,) = [p for p in empty_env.iterdir() if p.name.startswith("sweep-")]
+    members = [Run(empty_env / m["run"]).config().data for m in json.loads((folder / "sweep.json").read_text())["members"]]
+    assert sorted((d.image_size, d.resize_mode) for d in members) == [
+        (64, "center_square"), (64, "stretch"), (128, "center_square"), (128, "stretch")]

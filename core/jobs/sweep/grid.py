@@ -19,6 +19,8 @@ AXES = {
     "field_of_view": "data.field_of_view",  # the preprocessing that removes non-anatomical cues (core.data.preprocess)
     "remove_markers": "data.remove_markers",
     "intensity": "data.intensity",
+    "image_size": "data.image_size",  # resolution, e.g. 64,128,224,448 px
+    "resize_mode": "data.resize_mode",  # the film's geometry: stretch, letterbox, center_square
 }
 AXIS_LABELS = {
     "model.unfreeze_from_block": "unfreeze from block",
@@ -29,9 +31,12 @@ AXIS_LABELS = {
     "data.field_of_view": "field of view",
     "data.remove_markers": "remove markers",
     "data.intensity": "intensity",
+    "data.image_size": "image size (px)",
+    "data.resize_mode": "resize",
 }
 _SHORT = {"model.unfreeze_from_block": "b", "train.finetune.learning_rate": "ftlr", "train.head.learning_rate": "hlr",
-          "data.field_of_view": "fov", "data.remove_markers": "markers", "data.intensity": ""}
+          "data.field_of_view": "fov", "data.remove_markers": "markers", "data.intensity": "",
+          "data.image_size": "px", "data.resize_mode": ""}
 RESERVED = ("name", "data.cache", "train.evaluate_test")  # set by the sweep on every member
 
 

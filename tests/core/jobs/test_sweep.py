@@ -121,6 +121,18 @@ def test_preprocessing_settings_are_grid_axes_from_the_command_line(tmp_path):
         create_sweep(RunStore(tmp_path / "bad"), _base(), {"intensity": ["none", "gamma"]})
 
 
+def test_resolution_and_geometry_are_grid_axes_from_the_command_line(tmp_path):
+    from core.jobs.commands.sweep import parse_grid
+
+    grid = parse_grid(["image_size=64,128", "resize_mode=stretch,center_square"])
+    members = create_sweep(RunStore(tmp_path), _base(), grid).members()
+    assert {(run.config().data.image_size, run.config().data.resize_mode) for run, _ in members} == {
+        (s, m) for s in (64, 128) for m in ("stretch", "center_square")}
+    assert describe(members[0][1]) == "image size (px) 64 · resize stretch"
+    with pytest.raises(ConfigError, match="data.image_size"):
+        create_sweep(RunStore(tmp_path / "bad"), _base(), {"image_size": [8]})
+
+
 def test_grid_names_resolve_and_values_deduplicate():
     assert normalize_grid({"finetune_learning_rate": [1e-4, 1e-4, 1e-5], "model.dropout": 0.2}) == {
         "train.finetune.learning_rate": [1e-4, 1e-5], "model.dropout": [0.2]}
