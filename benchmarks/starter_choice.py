@@ -8,7 +8,8 @@ validation films: the restaged copy's ``val/`` (core.data.restage), the original
 patients of the starter's own split (data.split_seed 42, 15 % of train by patient), so none of them
 trained any run here. The official test split is not opened.
 
-Per run: ROC AUC with its patient-bootstrap interval, log loss, sensitivity and specificity at the
+Each run is scored as it would ship (its model re-saved with float16 variables, as the starter is
+packaged) and weighed as that file. Per run: ROC AUC with its patient-bootstrap interval, log loss, sensitivity and specificity at the
 run's threshold, and the shape cue: within each true class, Spearman's ρ between P(PNEUMONIA) and
 the film's width/height (its real shape: these are originals), with a patient-bootstrap interval.
 Per candidate: the paired patient-bootstrap interval of AUC(candidate) − AUC(starter).
@@ -50,7 +51,15 @@ def score_run(run_dir: Path, films: list[tuple[str, int, str]]) -> dict[str, Any
     from core.evaluation.cue_stats import shape_cue
     from core.evaluation.metrics import bootstrap_ci, compute_metrics
 
+    import tempfile
+
+    from core.model.classifier import load_model, save_float16  # heavy: Keras
+
     model, meta = _model(run_dir)
+    with tempfile.TemporaryDirectory() as folder:  # scored and weighed as it would ship: float16 variables
+        shipped = Path(folder) / "model.keras"
+        save_float16(model, shipped)
+        model, shipped_mb = load_model(shipped), round(shipped.stat().st_size / 1e6, 2)
     pixels = np.stack([preprocess_gray(read_image(path), meta["image_size"], meta["resize_mode"],
                                        meta["preprocessing"]).pixels for path, _, _ in films])
     prob = _probabilities(model, pixels)
@@ -60,9 +69,8 @@ def score_run(run_dir: Path, films: list[tuple[str, int, str]]) -> dict[str, Any
     aspect = [s[0] / s[1] if s else None for s in sizes]
     metrics = compute_metrics(labels, prob, meta["threshold"])
     ci = bootstrap_ci(labels, prob, meta["threshold"], groups=patients)
-    weights = Path(run_dir) / "model.keras"
     return {"run": meta["run"], "threshold": meta["threshold"], "resize_mode": meta["resize_mode"],
-            "preprocessing": meta["preprocessing"].to_dict(), "model_mb": round(weights.stat().st_size / 1e6, 2),
+            "preprocessing": meta["preprocessing"].to_dict(), "model_mb": shipped_mb,
             "roc_auc": metrics["roc_auc"], "roc_auc_ci": ci.get("roc_auc"),
             "log_loss": float(log_loss(labels, np.clip(prob, 1e-7, 1 - 1e-7))),
             "sensitivity": metrics["sensitivity"], "specificity": metrics["specificity"],

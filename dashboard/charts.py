@@ -4,11 +4,15 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+from PIL import Image, ImageDraw
 from plotly.subplots import make_subplots
 
 from core.config.backend import DEFAULT_BACKEND
+from core.data.images import read_image
+from core.data.preprocess import Prepared, Preprocessing
 from core.store.runs import Run
 
 STATE_BADGES = {
@@ -132,3 +136,34 @@ def phase_boundary(epochs: list[dict[str, Any]]) -> int | None:
 
 def chart(fig: go.Figure, key: str | None = None) -> None:
     st.plotly_chart(fig, width="stretch", key=key, config={"displaylogo": False})
+
+
+def outlined(film: np.ndarray, prepared: Prepared) -> np.ndarray:
+    """The decoded film in RGB with the body's box (red) and the removed markers (green) drawn on it."""
+    picture = Image.fromarray(film).convert("RGB")
+    pen = ImageDraw.Draw(picture)
+    width = max(1, round(max(film.shape) / 150))
+    for box in prepared.markers:
+        pen.rectangle((box.left, box.top, box.right - 1, box.bottom - 1), outline=(40, 200, 60), width=width)
+    if prepared.body is not None:
+        left, top, right, bottom = prepared.body
+        pen.rectangle((left, top, right - 1, bottom - 1), outline=(230, 40, 40), width=width)
+    return np.asarray(picture)
+
+
+def model_view(data: Any, source: Any, name: str, prepared: Prepared, key: str) -> None:
+    """Under a film on Explain and Demo: the run's preprocessing in words, what it did to this film, and on request
+    the film with what was removed outlined beside the pixels the model saw."""
+    settings = Preprocessing.of(data)
+    if not settings.active:
+        st.caption(f"This model sees each film as decoded and resized ({data.image_size} px, {data.resize_mode}): "
+                   "no preprocessing.")
+        return
+    st.caption(f"This model's preprocessing: **{settings.describe()}** ({data.image_size} px, {data.resize_mode}). "
+               f"On this film: {' · '.join(prepared.notes) or 'nothing to do'}.")
+    if st.toggle("Show what the model sees", key=key):
+        film = read_image(source, filename=name, draft_size=data.image_size)  # the model's decode: the boxes fit it
+        before, after = st.columns(2)
+        before.image(outlined(film, prepared), width="stretch",
+                     caption="the film: markers removed (green), the part kept (red)")
+        after.image(prepared.pixels, width="stretch", caption=f"what the model sees ({data.image_size} px)")

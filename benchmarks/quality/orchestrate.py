@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # for the annotations only: no import of the core at load tim
     from core.config import RunConfig
     from core.store.runs import Run, RunStore
 
-__all__ = ["resolve_data", "restaged_copy", "build_config", "seed_config", "weights_label", "preflight_weights", "Say", "RowResult",
+__all__ = ["resolve_data", "restaged_path", "restaged_copy", "build_config", "seed_config", "weights_label", "preflight_weights", "Say", "RowResult",
            "RowOutcome", "follow_run", "reusable_run", "run_row", "run_seeds", "run_ensemble"]
 
 
@@ -40,6 +40,11 @@ def resolve_data(data: str | None, medmnist: bool) -> tuple[str, str]:
     return kind, str(path)
 
 
+def restaged_path() -> str:
+    """Where the restaged Kaggle copy lives (relative when run from the repo root, as the default data path)."""
+    return str(RESTAGED_KAGGLE if Path.cwd().resolve() == REPO else REPO / RESTAGED_KAGGLE)
+
+
 def restaged_copy(say: Callable[[str], None] = print) -> str:
     """The restaged Kaggle copy (every training film's shape restored, validation from originals), built if missing."""
     from core.data.restage import restage
@@ -48,7 +53,7 @@ def restaged_copy(say: Callable[[str], None] = print) -> str:
     if not folder.is_dir():
         say(f"building the restaged copy of {DEFAULT_KAGGLE} in {RESTAGED_KAGGLE} (python -m core.data.restage)")
         say(restage(REPO / DEFAULT_KAGGLE, REPO / ORIGINALS, folder).summary())
-    return str(RESTAGED_KAGGLE if Path.cwd().resolve() == REPO else folder)  # relative, as the default data path
+    return restaged_path()
 
 
 def _repo_path(value: str) -> str:
@@ -60,7 +65,9 @@ def _repo_path(value: str) -> str:
 
 
 def build_config(name: str, row: Row, kind: str, data_path: str, args: argparse.Namespace | None = None) -> RunConfig:
-    """The run config of one row: default recipe → row overrides → data source → command-line overrides."""
+    """The run config of one row: default recipe → row overrides → data source → command-line overrides.
+
+    A restaged row points at the restaged copy without building it (the runners call :func:`restaged_copy`)."""
     from core.config import RunConfig
 
     overrides: dict[str, Any] = {"name": f"quality-{kind}-{name}", **row.overrides}
@@ -71,7 +78,7 @@ def build_config(name: str, row: Row, kind: str, data_path: str, args: argparse.
     elif kind == "demo":
         overrides.update({"data.source": "demo", "data.path": None})
     else:
-        overrides.update({"data.source": "folder", "data.path": restaged_copy() if row.restaged else data_path})
+        overrides.update({"data.source": "folder", "data.path": restaged_path() if row.restaged else data_path})
     if args is not None:
         cli = {"model.backbone": args.backbone, "model.weights": args.weights and _repo_path(args.weights),
                "model.alpha": args.alpha, "data.image_size": args.image_size,

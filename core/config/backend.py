@@ -1,6 +1,7 @@
 """Which Keras 3 backend a process trains on: the supported ones, choosing one before Keras is imported, and the one-line refusals of TensorFlow-only features."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -32,6 +33,17 @@ def backend_from_env(environ: dict[str, str] | None = None) -> str | None:
     return check_backend(value) if value else None
 
 
+def _imported_keras():
+    """Keras once its import (perhaps under way in another thread) is over, or None if nothing has imported it.
+
+    ``sys.modules`` holds a module from the moment its import starts; importing it again waits on the import lock
+    until it is complete, so a page thread never meets a half-imported Keras.
+    """
+    if "keras" not in sys.modules:
+        return None
+    return importlib.import_module("keras")
+
+
 def use_backend(name: str) -> str:
     """Make this process run Keras on ``name``; call it before Keras is imported.
 
@@ -39,7 +51,7 @@ def use_backend(name: str) -> str:
     Keras on another backend cannot switch: that is a :class:`BackendError`, never a silent mix.
     """
     check_backend(name)
-    keras = sys.modules.get("keras")
+    keras = _imported_keras()
     if keras is not None:
         running = keras.backend.backend()
         if running != name:
@@ -52,7 +64,7 @@ def use_backend(name: str) -> str:
 
 def current_backend() -> str:
     """The backend Keras runs (or will run) on in this process, without importing Keras."""
-    keras = sys.modules.get("keras")
+    keras = _imported_keras()
     if keras is not None:
         return keras.backend.backend()
     return os.environ.get(BACKEND_ENV, "").strip() or DEFAULT_BACKEND

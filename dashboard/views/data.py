@@ -3,17 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-from PIL import Image, ImageDraw
 
 from core.config import AugmentConfig
 from core.data.datasets import CLASS_NAMES, DatasetError, download_kaggle, patient_overlap
 from core.data.decode import ImageLoadError
 from core.data.images import image_size_spread, load_image, prepared_pixels, read_image, unreadable_files
-from core.data.preprocess import Prepared, Preprocessing
+from core.data.preprocess import Preprocessing
 from core.data.splits import MANIFEST_NAME, folder_changes, read_manifest
 from dashboard import charts, resources, state
 
@@ -279,19 +277,6 @@ st.caption("Preprocessing removes what is not anatomy before the model sees a fi
            "Training, evaluation, Explain, Demo and the API all apply it. These settings are used by the Train page.")
 
 
-def outlined(film: np.ndarray, prepared: Prepared) -> np.ndarray:
-    """The decoded film in RGB with the body's box (red) and the removed markers (green) drawn on it."""
-    picture = Image.fromarray(film).convert("RGB")
-    pen = ImageDraw.Draw(picture)
-    width = max(1, round(max(film.shape) / 150))
-    for box in prepared.markers:
-        pen.rectangle((box.left, box.top, box.right - 1, box.bottom - 1), outline=(40, 200, 60), width=width)
-    if prepared.body is not None:
-        left, top, right, bottom = prepared.body
-        pen.rectangle((left, top, right - 1, bottom - 1), outline=(230, 40, 40), width=width)
-    return np.asarray(picture)
-
-
 @st.fragment
 def preprocessing_preview(paths: list[str], films: int = 3) -> None:
     controls, grid = st.columns([1, 3])
@@ -316,7 +301,7 @@ def preprocessing_preview(paths: list[str], films: int = 3) -> None:
                 st.error(f"Cannot preview {path}: {exc}")
                 continue
             before, after = st.columns(2)
-            before.image(outlined(film, prepared), caption=f"before · {Path(path).name}", width="stretch")
+            before.image(charts.outlined(film, prepared), caption=f"before · {Path(path).name}", width="stretch")
             after.image(prepared.pixels, caption=f"after · what the model sees ({size} px, {mode})", width="stretch")
             if prepared.notes:
                 st.caption(" · ".join(prepared.notes))

@@ -196,6 +196,8 @@ film_col.image(for_screen(film_view), width="stretch",
                caption=f"{name if source == 'Test cases' else 'Uploaded film'} · {gray.shape[1]}×{gray.shape[0]} px"
                        + (f" · zoom {zoom:g}×" if zoom > 1 else ""))
 heat_col.image(heat_view, width="stretch", caption="Grad-CAM: warm colours mark what drove the answer")
+with film_col:
+    charts.model_view(config.data, image_source, name, prepared, key="demo_model_view")
 with verdict:
     st.metric("Probability of pneumonia", charts.pct(probability))
     if pneumonia:

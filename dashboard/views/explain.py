@@ -105,8 +105,7 @@ cols[3].metric("Heatmap shows evidence for", result["explained"].upper())
 st.markdown(resources.cue_sentence(resources.without_cues(run.id, path, modified, image_hash, image)))
 
 picture = resources.display_image(gray, size, resize_mode, preprocessing)
-if preprocessing.active:
-    st.caption(f":material/filter_center_focus: Preprocessing ({preprocessing.describe()}): {'; '.join(prepared.notes)}.")
+charts.model_view(config.data, image_source, name, prepared, key="explain_model_view")
 blend = overlay(picture, result["cam"], opacity, colormap)
 left, middle, right = st.columns(3)
 left.image(picture, caption=f"X-ray ({name})", width="stretch")

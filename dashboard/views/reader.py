@@ -116,7 +116,9 @@ def _setup(run: Run, point: OperatingPoint, predictions: list[dict[str, Any]]) -
                    "needs at least 2.", icon=":material/image_not_supported:")
         return
     st.session_state.setdefault("reader_n", min(20, readable))
-    st.session_state["reader_n"] = min(max(int(st.session_state["reader_n"]), 2), readable)
+    clamped = min(max(int(st.session_state["reader_n"]), 2), readable)
+    if clamped != st.session_state["reader_n"]:  # set only when it must change: a set value is pushed to the browser
+        st.session_state["reader_n"] = clamped
     n_col.number_input("Films to read", min_value=2, max_value=readable, step=1, key="reader_n",
                        help=f"Drawn from the run's {readable} test films, stratified by class.")
     seed_col.number_input("Seed", min_value=0, step=1, key="reader_seed",

@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -239,7 +240,13 @@ def test_report_goes_into_its_data_sets_section(tmp_path):
     assert text.endswith("the lead's reading\n") and text.count("benchmarks.quality:kaggle start") == 1
 
 
-def test_rows_are_valid_configs_and_flags_override_them(tmp_path):
+def test_rows_are_valid_configs_and_flags_override_them(tmp_path, monkeypatch):
+    import core.data.restage
+
+    def no_build(*_args, **_kwargs):
+        raise AssertionError("building a row's config must not build a data copy")
+
+    monkeypatch.setattr(core.data.restage, "restage", no_build)
     args = quality.build_parser().parse_args(["--image-size", "96", "--finetune-epochs", "2", "--max-images-per-class", "50"])
     for name, row in MEDMNIST_ROWS.items():
         config = quality.build_config(name, row, "medmnist", str(tmp_path / "x.npz"), args)
@@ -250,7 +257,12 @@ def test_rows_are_valid_configs_and_flags_override_them(tmp_path):
                 (REPO / row.overrides["model.weights"]).is_file():
             continue  # the offline weights file is not staged on this machine
         config = quality.build_config(name, row, "kaggle", str(tmp_path), None)
-        assert config.data.source == "folder" and config.data.validation == "patient_split"
+        if row.restaged:  # the restaged copy, named but not built: its val/ holds the validation patients' originals
+            assert Path(config.data.path).parts[-2:] == (".cache", "chest_xray-restaged")
+            assert config.data.validation == "official"
+        else:
+            assert config.data.path == str(tmp_path) and config.data.validation == "patient_split"
+        assert config.data.source == "folder"
     reference = quality.build_config("vgg16-imagenet", KAGGLE_ROWS["vgg16-imagenet"], "kaggle", str(tmp_path))
     assert (reference.model.backbone, reference.model.weights, reference.augment.active) == ("vgg16", "imagenet", True)
     rule = quality.build_parser().parse_args(["--threshold-method", "youden_midpoint", "--target-sensitivity", "0.9"])

@@ -154,22 +154,25 @@ def _image_captions(at: AppTest) -> list[str]:
 
 
 def test_preprocessing_preview_shows_before_and_after_with_the_notes_and_shares_its_settings(empty_env):
-    at = open_page()
-    assert "Preprocessing preview" in texts(at) and "All preprocessing is off" in texts(at)
+    at = open_page()  # the session starts on the quick preset, which preprocesses
+    assert "Preprocessing preview" in texts(at) and "All preprocessing is off" not in texts(at)
     befores = [c for c in _image_captions(at) if c.startswith("before · ")]
     assert len(befores) == 3 and len([c for c in _image_captions(at) if c.startswith("after · ")]) == 3
-    at.radio(key="cfg.data.field_of_view").set_value("body")
-    at.checkbox(key="cfg.data.remove_markers").check()
-    at.radio(key="cfg.data.intensity").set_value("clahe").run()
-    assert not at.exception, [e.message for e in at.exception]
     notes = [str(c.value) for c in at.caption if "CLAHE applied" in str(c.value)]
     assert len(notes) == 3 and all("marker" in note and ("body" in note or "full film kept" in note) for note in notes)
+    at.radio(key="cfg.data.field_of_view").set_value("full")
+    at.checkbox(key="cfg.data.remove_markers").uncheck()
+    at.radio(key="cfg.data.intensity").set_value("none").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "All preprocessing is off" in texts(at)
+    assert not [c for c in at.caption if "CLAHE applied" in str(c.value)]
+    at.radio(key="cfg.data.intensity").set_value("window").run()
     assert "All preprocessing is off" not in texts(at)
     at.button(key="prep_next").click().run()
     assert not at.exception and set(_image_captions(at)).isdisjoint(befores)  # three other films
     at.switch_page("views/train.py").run()
-    assert at.radio(key="cfg.data.intensity").value == "clahe" and at.checkbox(key="cfg.data.remove_markers").value
-    assert at.radio(key="cfg.data.field_of_view").value == "body"
+    assert at.radio(key="cfg.data.intensity").value == "window" and not at.checkbox(key="cfg.data.remove_markers").value
+    assert at.radio(key="cfg.data.field_of_view").value == "full"
 
 
 # ---------------------------------------------------------------------------------- Train
@@ -519,7 +522,7 @@ def test_a_run_with_preprocessing_is_explained_and_demoed_on_its_own_pixels(fini
     (run.path / "config.json").write_text(json.dumps(config))
     at = open_page("explain")
     assert not at.exception and len(at.image) == 3
-    notes = [str(c.value) for c in at.caption if str(c.value).startswith(":material/filter_center_focus:")]
+    notes = [str(c.value) for c in at.caption if str(c.value).startswith("This model's preprocessing")]
     assert len(notes) == 1 and "cropped to the body, CLAHE" in notes[0] and "CLAHE applied" in notes[0]
     at = open_page("demo")
     assert not at.exception and len(at.image) == 2 and "Case 1 of 20" in texts(at)

@@ -228,3 +228,22 @@ def test_evaluate_and_the_model_card_say_which_test_set_each_figure_is_on(shippe
     assert "## Metrics on the official test split (metrics-official-test.json)" in card
     assert "## Metrics on the bundled test films (metrics.json, test-films.json)" in card
     assert f"{official['roc_auc']:.3f}" in card and run.starter["source_run"] in card
+
+
+def test_demo_says_which_preprocessing_its_model_uses_and_shows_what_the_model_sees(starter_env):
+    from core.data.images import Preprocessing, prepared_pixels
+    from core.data.sample import local_path
+
+    at = open_page("demo")
+    config = starter_env.config()
+    assert "This model's preprocessing: **burnt-in markers inpainted, cropped to the body, CLAHE**" in texts(at)
+    film = next(p["file"] for p in starter_env.metrics()["predictions"] if p["file"].rsplit("/", 1)[-1] in texts(at))
+    prepared = prepared_pixels(local_path(film), config.data.image_size, config.data.resize_mode,
+                               preprocessing=Preprocessing.of(config.data))
+    assert f"On this film: {' · '.join(prepared.notes)}." in texts(at)  # what was done to this very film
+    shown = len(at.image)
+    at.toggle(key="demo_model_view").set_value(True).run()
+    assert not at.exception and len(at.image) == shown + 2
+    captions = [image.proto.imgs[0].caption for image in at.image]
+    assert f"what the model sees ({config.data.image_size} px)" in captions
+    assert "the film: markers removed (green), the part kept (red)" in captions

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import keras  # noqa: F401  (imported here first: run alone, the page's script thread met a half-imported Keras)
 import numpy as np
 import pytest
 from conftest import REPO, STAND_IN, wait_for_heartbeat
