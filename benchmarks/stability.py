@@ -15,7 +15,7 @@ Shifts (fixed beforehand, from the shortcut-robust issue): zoom in by cropping 3
 side; a crop of 5 % off one side; gamma 0.7 and 1.4; JPEG recompression at quality 30; a mild
 Gaussian blur (σ = 0.4 % of the shorter side, about 1 px at 224 px); half resolution; a laterality
 letter pasted into the top-right corner. And the shortcut audit's neutral-fill border mask, applied to
-the model's input (:data:`BORDER_MASK`).
+the film before the run's image path (:data:`BORDER_MASK`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from benchmarks._common import base_parser, finish, machine, table
 from benchmarks.quality.results import path_roots, portable
-from core.data.cues import neutral_border
+from core.data.cues import neutral_film_border
 from core.data.datasets import CLASS_NAMES, find_dataset
 from core.data.decode import decode_image
 from core.data.images import Preprocessing, preprocess_gray, read_image
@@ -90,8 +90,8 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "half resolution": half_resolution,
     "letter pasted": paste_letter,
 }
-# Applied to the model's input rather than to the film: the shortcut audit's border mask (core.data.cues), the outer
-# 10 % band replaced by a strongly blurred copy of the same film, so a border's letters and edges are gone.
+# The shortcut audit's border mask (core.data.cues.neutral_film_border): the outer 10 % of each side of the film
+# replaced by a blurred copy of it, before the run's image path, as the audit does.
 BORDER_MASK = "border masked (neutral fill)"
 
 
@@ -117,11 +117,12 @@ def measure(run_dirs: list[Path], films: list[tuple[str, int]], say: Callable[[s
     """Every run on every film, unshifted and under every shift; per run and shift the flips and mean |Δp|."""
     models = [_model(path) for path in run_dirs]
     sizes = list(dict.fromkeys((meta["image_size"], meta["resize_mode"], meta["preprocessing"]) for _, meta in models))
-    pixels: dict[tuple, dict[str, list[np.ndarray]]] = {key: {"none": [], **{s: [] for s in SHIFTS}} for key in sizes}
+    shifts = {**SHIFTS, BORDER_MASK: neutral_film_border}  # the audit's mask too, on the film before the image path
+    pixels: dict[tuple, dict[str, list[np.ndarray]]] = {key: {"none": [], **{s: [] for s in shifts}} for key in sizes}
     started = time.perf_counter()
     for index, (path, _) in enumerate(films):
         gray = read_image(path)  # full resolution, once
-        for name, shift in [("none", lambda g: g), *SHIFTS.items()]:
+        for name, shift in [("none", lambda g: g), *shifts.items()]:
             shifted = shift(gray)
             for size, mode, prep in sizes:  # the run's own image path, preprocessing included
                 pixels[(size, mode, prep)][name].append(preprocess_gray(shifted, size, mode, prep).pixels)
@@ -134,8 +135,7 @@ def measure(run_dirs: list[Path], films: list[tuple[str, int]], say: Callable[[s
         base = _probabilities(model, np.stack(stack["none"]))
         rows = {}
         for name in (*SHIFTS, BORDER_MASK):
-            shifted_pixels = neutral_border(np.stack(stack["none"])) if name == BORDER_MASK else np.stack(stack[name])
-            shifted = _probabilities(model, shifted_pixels)
+            shifted = _probabilities(model, np.stack(stack[name]))
             flipped = (base >= meta["threshold"]) != (shifted >= meta["threshold"])
             rows[name] = {"flipped": int(flipped.sum()), "flip_rate": float(flipped.mean()),
                           "mean_abs_delta": float(np.abs(shifted - base).mean()),

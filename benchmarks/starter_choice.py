@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         c = run["shape_cue"][name]
         return "–" if c["rho"] is None else f"{c['rho']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]"
 
-    rows = [[r["run"], f"{r['roc_auc']:.4f}", str(r.get("auc_change_ci", "")), f"{r['log_loss']:.3f}",
+    rows = [[r["run"], f"{r['roc_auc']:.4f}", ("[{:+.4f}, {:+.4f}]".format(*r["auc_change_ci"]) if None not in r.get("auc_change_ci", [None]) else ""), f"{r['log_loss']:.3f}",
              f"{100 * r['sensitivity']:.1f}", f"{100 * r['specificity']:.1f}", cue(r, "NORMAL"), cue(r, "PNEUMONIA"),
              r["model_mb"]] for r in (starter, *candidates)]
     finish(result, args.out, table(rows, ["run", "val AUC", "Δ AUC interval", "log loss", "sens %", "spec %",

@@ -219,11 +219,15 @@ def explain_image(run_id: str, path: str, modified: float, image_hash: str, _ima
 
 
 @st.cache_data(max_entries=256, show_spinner="Checking the film without its border and markers…")
-def without_cues(run_id: str, path: str, modified: float, image_hash: str, _image: np.ndarray) -> dict[str, Any]:
-    """P(pneumonia) of the film without its border and without its markers (core.evaluation.audit.film_without_cues)."""
+def without_cues(run_id: str, path: str, modified: float, image_hash: str, _image: np.ndarray, _source: Any,
+                 _name: str, _data: Any) -> dict[str, Any]:
+    """P(pneumonia) of the film without its border and without its markers (core.evaluation.audit.film_without_cues):
+    ``_image`` is the model's input, ``_source``/``_name`` the film it came from, ``_data`` the run's data settings."""
+    from core.data.images import read_image  # beside the audit it feeds, imported when a film is checked
     from core.evaluation.audit import film_without_cues  # heavy: scikit-learn
 
-    return film_without_cues(load_model(path, modified), _image)
+    film = read_image(_source, filename=_name, draft_size=_data.image_size)  # the image path's decode
+    return film_without_cues(load_model(path, modified), _image, film, _data)
 
 
 def cue_sentence(check: dict[str, Any]) -> str:

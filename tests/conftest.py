@@ -30,6 +30,21 @@ def real_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def restaged_data(real_data) -> Path:
+    """The restaged Kaggle copy the shipped starter trained on (core.data.restage, in .cache/ like a user's), built
+    once when missing: the starter's training films, which a shift report against it draws on."""
+    from core.data.restage import restage
+
+    originals = SHARED_DATA / "chest_xray_train_aspect512"
+    out = REPO / ".cache" / "chest_xray-restaged"
+    if not out.is_dir():
+        if not (originals / "MANIFEST.csv").is_file():
+            pytest.skip("the aspect512 originals are not in ../shared/data")
+        restage(real_data, originals, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def keras_weights_dir() -> Path:
     path = SHARED_DATA / "keras_weights"
     if not path.is_dir():

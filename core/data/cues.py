@@ -78,6 +78,30 @@ def neutral_border(images: np.ndarray, fraction: float = BORDER_FRACTION) -> np.
     return out.astype(images.dtype) if np.issubdtype(images.dtype, np.integer) else out
 
 
+def neutral_film_border(gray: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndarray:
+    """A decoded film (H,W) of any shape with the band of ``fraction`` of each side along every edge replaced by a
+    strongly blurred copy of itself (σ = half the band, per axis), as :func:`neutral_border` does to a model input.
+
+    The audit masks the *film's* border, before the run's image path: for a run that crops to the body or takes
+    a centred square, the edge of its input is anatomy, and blurring it would test the lungs, not the border.
+    """
+    from scipy.ndimage import gaussian_filter  # heavy: SciPy, only when a border is filled
+
+    gray = np.asarray(gray)
+    if gray.ndim != 2:
+        raise ValueError(f"expected a grayscale film (H,W); got shape {gray.shape}")
+    if not 0 < fraction < 0.5:
+        raise ValueError(f"border fraction must be in (0, 0.5); got {fraction}")
+    height, width = gray.shape
+    rows, cols = max(1, int(round(fraction * height))), max(1, int(round(fraction * width)))
+    out = gray.astype(np.float32, copy=True)
+    blurred = gaussian_filter(out, sigma=(max(1.0, rows / 2), max(1.0, cols / 2)), mode="reflect")
+    band = np.ones(gray.shape, dtype=bool)
+    band[rows:height - rows, cols:width - cols] = False
+    out[band] = blurred[band]
+    return np.clip(np.round(out), 0, 255).astype(gray.dtype) if np.issubdtype(gray.dtype, np.integer) else out
+
+
 def find_markers(gray: np.ndarray) -> list[Box]:
     """Small, bright, compact structures near the edges of a uint8 grayscale film (H,W): markers, text, clips."""
     from skimage.measure import label, regionprops  # heavy: scikit-image, only when markers are looked for

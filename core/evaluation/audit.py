@@ -7,13 +7,19 @@ performance of a deep learning model to detect pneumonia in chest radiographs", 
 signal", Nature Machine Intelligence 2021). The audit asks of a run's test split, through the
 same model input path as evaluation:
 
-1. **The border.** The band of ``border_fraction`` of the side on each edge is replaced by a
-   strongly blurred copy of the same film (:func:`core.data.cues.neutral_border`): its letters,
+1. **The border.** The band of ``border_fraction`` of each side of the *film* is replaced by a
+   strongly blurred copy of the same film (:func:`core.data.cues.neutral_film_border`), and the
+   film then goes through the run's own image path (decode, preprocessing, resize): its letters,
    text and edges go, its overall brightness stays, so the film is not something new to the model
-   (a black band would be). How many calls change at the run's threshold, and by how much P moves
-   per true class, beside the ROC AUC and a paired patient-bootstrap interval of its change.
-2. **Markers.** Laterality letters, text and clips found near the edges
-   (:func:`core.data.cues.find_markers`) are inpainted; how many calls change, and how much of the
+   (a black band would be). The film's border, not the model input's: for a run that crops to the
+   body or takes a centred square, the edge of its input is anatomy. How many calls change at the
+   run's threshold, and by how much P moves per true class, beside the ROC AUC and a paired
+   patient-bootstrap interval of its change, and how much of the band is body (above the film's
+   Otsu threshold): on a tightly framed film the band is lung edge and shoulder, so the mask blurs
+   anatomy too, and the reading says so.
+2. **Markers.** Laterality letters, text and clips found near the edges of the model's input
+   (:func:`core.data.cues.find_markers`) are inpainted (for a run that removes markers itself,
+   this looks at what its input still holds); how many calls change, and how much of the
    Grad-CAM energy sits inside their boxes against their share of the film.
 3. **Shape.** Within each true class, how strongly P follows the film's original width/height
    (Spearman's ρ with a patient-bootstrap interval): a model that reads the lungs does not.
@@ -30,9 +36,10 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.data.cues import BORDER_FRACTION, border_mask, neutral_border, remove_markers
+from core.data.cues import BORDER_FRACTION, border_mask, neutral_film_border, remove_markers
 from core.data.datasets import CLASS_NAMES
-from core.data.images import film_size
+from core.data.images import film_size, preprocess_gray, read_image
+from core.data.preprocess import Preprocessing
 from core.data.sample import portable_path
 from core.evaluation.cue_stats import auc_change_ci, box_energy, call_changes, shape_cue
 from core.evaluation.overlay import overlay
@@ -40,10 +47,10 @@ from core.store.runs import RunError
 
 __all__ = ["AUDIT_FILE", "AUDIT_VERSION", "BORDER_FRACTION", "FLIP_TOLERANCE", "MARKER_TOLERANCE", "border_mask",
            "uniform_border_share", "border_share", "shortcut_audit", "read_audit", "audit_reading", "audit_picture",
-           "film_without_cues"]
+           "film_without_cues", "without_border", "band_body_share"]
 
 AUDIT_FILE = "audit.json"
-AUDIT_VERSION = 2  # 1: border set to black, AUC only
+AUDIT_VERSION = 3  # 1: border set to black, AUC only; 2: the model input's border blurred (anatomy, after a crop)
 FLIP_TOLERANCE = 0.03  # more calls than this changing without the border: the model depends on the border
 MARKER_TOLERANCE = 0.01  # more calls than this changing without the markers: the model depends on them
 MAP_SIZE = 64  # side of the mean maps saved in audit.json
@@ -91,15 +98,25 @@ def audit_reading(audit: dict[str, Any]) -> list[str]:
     changed = f"{border['flipped']} of {border['n']} calls ({_pct(border['rate'])})"
     auc = (f" The test ROC AUC goes from {audit['auc']:.3f} to {audit['auc_border_neutral']:.3f}."
            if audit.get("auc") is not None and audit.get("auc_border_neutral") is not None else "")
+    body = audit.get("border_body_share")
+    anatomy = (f" {_pct(body)} of that band is the body itself (brighter than the film's Otsu threshold), so the "
+               "mask blurs anatomy too: part of the change may be the model reading a blurred lung edge as "
+               "disease, not a shortcut." if body is not None and body >= 0.25 else "")
     if border["rate"] > FLIP_TOLERANCE:
         lines.append(f"With {band} replaced by a blurred copy of the film, {changed} change at the run's threshold — "
                      f"{_changes(border)}. The model's calls depend on what is in the border, whatever its AUC "
-                     f"does.{auc}")
+                     f"does.{auc}{anatomy}")
     else:
         lines.append(f"With {band} replaced by a blurred copy of the film, {changed} change at the run's threshold "
                      f"(mean |Δp| {border['mean_abs_delta']:.3f}): its calls do not hang on the border's content.{auc}")
     markers = audit["markers"]
-    if not markers["films"]:
+    if markers.get("removed_by_run"):
+        lines.append("This run inpaints burnt-in markers itself before its model sees a film (data.remove_markers), "
+                     "so no marker reaches the model. "
+                     + (f"In its input the finder still marks bright spots near the edges of {markers['films']} "
+                        f"films (after the crop and CLAHE, mostly bone); inpainting those changes "
+                        f"{markers['flipped']} of those {markers['films']} calls." if markers["films"] else ""))
+    elif not markers["films"]:
         lines.append("No laterality letters, text or clips were found near the edges of these films, so the audit "
                      "cannot say whether the model reads them.")
     else:
@@ -135,6 +152,33 @@ def audit_reading(audit: dict[str, Any]) -> list[str]:
         lines.append(f"The heatmaps put {_pct(share)} of their energy in {band}, about the {_pct(uniform)} an evenly "
                      "spread map would: they are not concentrated on the lungs.")
     return lines
+
+
+def without_border(source: Any, data: Any, fraction: float = BORDER_FRACTION, film: np.ndarray | None = None) -> np.ndarray:
+    """The model's pixels (S,S) uint8 of a film whose own border was blurred first, then the run's image path.
+
+    ``data`` is the run's data settings (image size, resize mode, preprocessing); ``film`` the decoded film when the
+    caller has it already (decoded as the image path does, at the run's draft size).
+    """
+    size = data.image_size
+    gray = read_image(source, draft_size=size) if film is None else np.asarray(film)
+    return preprocess_gray(neutral_film_border(gray, fraction), size, data.resize_mode, Preprocessing.of(data)).pixels
+
+
+def band_body_share(gray: np.ndarray, fraction: float = BORDER_FRACTION) -> float:
+    """Of the film's border band, the share that is body: brighter than the film's Otsu threshold (after a light
+    blur), against air, padding and collimation. A flat film has no body: 0."""
+    from skimage.filters import gaussian, threshold_otsu  # heavy: scikit-image
+
+    gray = np.asarray(gray)
+    smooth = gaussian(gray.astype(np.float64) / 255.0, sigma=max(1.0, min(gray.shape) / 100))
+    if float(smooth.max() - smooth.min()) < 4 / 255:
+        return 0.0
+    height, width = gray.shape
+    rows, cols = max(1, int(round(fraction * height))), max(1, int(round(fraction * width)))
+    band = np.ones(gray.shape, dtype=bool)
+    band[rows:height - rows, cols:width - cols] = False
+    return float((smooth[band] > threshold_otsu(smooth)).mean())
 
 
 def _predict(explainer: Any, images: np.ndarray, step: int = 16) -> np.ndarray:
@@ -185,8 +229,11 @@ def shortcut_audit(run: Any, progress: Progress | None = None, border_fraction: 
         cams.append(c)
         report(0.1 + 0.6 * min(start + step, len(y)) / len(y), f"Grad-CAM {min(start + step, len(y))} of {len(y)} films")
     prob, cams = np.concatenate(probabilities), np.concatenate(cams)
-    report(0.72, "predicting with the border replaced by a blurred copy of the film")
-    prob_neutral = _predict(explainer, neutral_border(images, border_fraction), step)
+    report(0.72, "predicting with the film's border replaced by a blurred copy of the film")
+    films = [read_image(r.path, draft_size=config.data.image_size) for r in test.records]  # the image path's decode
+    neutral = np.stack([without_border(None, config.data, border_fraction, film=f) for f in films])
+    body_shares = [band_body_share(f, border_fraction) for f in films]
+    prob_neutral = _predict(explainer, np.repeat(neutral[..., None], 3, axis=-1), step)
     report(0.8, "finding and inpainting markers")
     cleaned, boxes = zip(*(remove_markers(film) for film in gray))
     with_markers = np.flatnonzero([bool(b) for b in boxes])
@@ -220,25 +267,27 @@ def shortcut_audit(run: Any, progress: Progress | None = None, border_fraction: 
         "image_size": size,
         "border_fraction": border_fraction,
         "border_px": int(border_mask(size, border_fraction)[size // 2].sum() // 2),
-        "border_fill": "a Gaussian blur of the same film (sigma half the band)",
+        "border_fill": "a Gaussian blur of the same film (sigma half the band), on the film before the run's image path",
         "uniform_border_share": uniform_border_share(size, border_fraction),
         "n": int(len(y)),
         "n_patients": len(set(patients)),
         "border_share": float(shares.mean()),
         "per_class": per_class,
         "border": call_changes(y, prob, prob_neutral, threshold),
+        "border_body_share": float(np.mean(body_shares)),
         "auc": auc,
         "auc_border_neutral": auc_neutral,
         "auc_change_ci": auc_change_ci(y, prob, prob_neutral, patients) if both else [None, None],
         "markers": {"films": int(len(with_markers)), "flipped": marker_change["flipped"],
+                    "removed_by_run": bool(config.data.remove_markers),
                     "per_class": marker_change["per_class"],
                     "energy": box_energy(cams[with_markers], [boxes[i] for i in with_markers])},
         "shape": shape_cue(y, prob, aspect, patients),
         "per_image": [{"file": portable_path(r.path), "label": int(t), "probability": float(p),
                        "probability_border_neutral": float(q), "probability_without_markers": float(c),
-                       "markers": len(b), "aspect_ratio": a, "border_share": float(s)}
-                      for r, t, p, q, c, b, a, s in zip(test.records, y, prob, prob_neutral, prob_clean, boxes, aspect,
-                                                         shares)],
+                       "markers": len(b), "aspect_ratio": a, "border_share": float(s), "border_body_share": h}
+                      for r, t, p, q, c, b, a, s, h in zip(test.records, y, prob, prob_neutral, prob_clean, boxes,
+                                                            aspect, shares, body_shares)],
         "skipped": test.skipped,
         "seconds": round(time.time() - started, 1),
     }
@@ -267,18 +316,23 @@ def read_audit(run: Any) -> dict[str, Any] | None:
     return audit if audit and audit.get("version") == AUDIT_VERSION else None
 
 
-def film_without_cues(model: Any, image: np.ndarray, border_fraction: float = BORDER_FRACTION) -> dict[str, Any]:
-    """P(pneumonia) of one film as the model sees it (S,S,3, 0..255), without its border and without its markers.
+def film_without_cues(model: Any, image: np.ndarray, film: np.ndarray, data: Any,
+                      border_fraction: float = BORDER_FRACTION) -> dict[str, Any]:
+    """P(pneumonia) of one film, without its border and without its markers.
 
-    What the Explain and Demo pages show under the film: whether this answer hangs on a letter in the
-    corner or on the film's edges. ``markers`` is the number of markers found (0: P is unchanged).
+    ``image`` is the model's input (S,S,3, 0..255), ``film`` the decoded film it came from and ``data`` the run's data
+    settings: the border is the film's own, blurred before the run's image path (see :func:`without_border`); the
+    markers are those still in the model's input. What the Explain and Demo pages show under the film: whether this
+    answer hangs on a letter in the corner or on the film's edges. ``markers`` is the number of markers found
+    (0: P is unchanged).
     """
     from core.evaluation.metrics import sigmoid  # heavy: scikit-learn (with the metrics it sits beside)
 
     image = np.asarray(image, dtype=np.float32)
     gray = np.clip(np.round(image[..., 0]), 0, 255).astype(np.uint8)
     cleaned, boxes = remove_markers(gray)
-    batch = np.stack([image, neutral_border(image[None], border_fraction)[0],
+    border = without_border(None, data, border_fraction, film=film)
+    batch = np.stack([image, np.repeat(border[..., None], 3, -1).astype(np.float32),
                       np.repeat(cleaned[..., None], 3, -1).astype(np.float32)])
     p = sigmoid(np.asarray(model.predict_on_batch(batch)).reshape(-1))
     return {"probability": float(p[0]), "without_border": float(p[1]), "without_markers": float(p[2]),

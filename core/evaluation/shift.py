@@ -104,6 +104,14 @@ def _sample(records: Sequence[ImageRecord], n: int, rng: np.random.Generator,
     return chosen
 
 
+def _rebuild_hint(root: Any) -> str:
+    """How to remake a training folder that is derived from others (the restaged Kaggle copy), or nothing."""
+    if not str(root).rstrip("/").endswith("-restaged"):
+        return ""
+    return (f". {_shown(root)} is the restaged Kaggle copy (docs/data.md): remake it with "
+            f"python -m core.data.restage KAGGLE_FOLDER ORIGINALS_FOLDER {_shown(root)}")
+
+
 def _training_films(splits: Any, training_folder: str | Path | None, n: int, seed: int,
                     pneumonia_share: float | None) -> tuple[list[ImageRecord], dict[str, Any]]:
     """The films that stand for the run's training side, and where they came from."""
@@ -115,16 +123,16 @@ def _training_films(splits: Any, training_folder: str | Path | None, n: int, see
             raise ShiftError(f"the run's training films are not on this machine: {len(listed) - len(present)} of the "
                              f"{len(listed)} listed in its splits.json are missing from {_shown(splits.root)}. "
                              "Put that folder back, or give copies of the training films (a folder holding files "
-                             "of the same names) as the training side")
+                             "of the same names, any extension) as the training side" + _rebuild_hint(splits.root))
         info = {"source": "the run's training split", "folder": _shown(splits.root), "listed": len(listed),
                 "on_disk": len(present), "identical": None}
     else:
         folder = _existing(training_folder)
         if not folder.is_dir():
             raise ShiftError(f"training films folder not found: {training_folder}")
-        by_name = {p.name: p for p in _image_files(folder)}
-        present = [ImageRecord(str(by_name[Path(r.path).name]), r.label, "train", r.patient, r.subtype)
-                   for r in listed if Path(r.path).name in by_name]
+        by_name = {p.stem: p for p in _image_files(folder)}  # by name, the extension aside: a copy may be re-encoded
+        present = [ImageRecord(str(by_name[Path(r.path).stem]), r.label, "train", r.patient, r.subtype)
+                   for r in listed if Path(r.path).stem in by_name]
         if len(present) < MIN_FILMS:
             raise ShiftError(f"only {len(present)} files in {training_folder} are named like the run's "
                              f"{len(listed)} training films; at least {MIN_FILMS} are needed")
@@ -132,8 +140,8 @@ def _training_films(splits: Any, training_folder: str | Path | None, n: int, see
                 "listed": len(listed), "on_disk": len(present)}
     chosen = _sample(present, n, rng, pneumonia_share)
     if training_folder is not None:
-        original = {Path(r.path).name: splits.hashes.get(r.path) for r in listed}
-        info["identical"] = sum(source_digest(r.path) == original.get(Path(r.path).name) for r in chosen)
+        original = {Path(r.path).stem: splits.hashes.get(r.path) for r in listed}
+        info["identical"] = sum(source_digest(r.path) == original.get(Path(r.path).stem) for r in chosen)
     return chosen, info
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from core.config import BACKBONES, DataConfig
 from core.config.paths import REPO_ROOT
 from core.data.datasets import DatasetError
+from core.data.preprocess import Preprocessing
 from core.data.sample import check_sample
 from core.data.splits import MANIFEST_NAME, TEST_FILMS_NAME, Splits, index_source, read_manifest, write_manifest
 from core.evaluation.audit import shortcut_audit
@@ -120,17 +121,21 @@ def _recipe(run: Run) -> str:
     augment = config.augment
     active = ", ".join(f"{name.replace('_', ' ')} {getattr(augment, name):g}" for name in
                        ("rotation_degrees", "zoom", "shift", "brightness", "contrast", "noise_std", "gamma",
-                        "blur_sigma") if getattr(augment, name))
+                        "blur_sigma", "jpeg_quality_min") if getattr(augment, name))
+    preprocessing = Preprocessing.of(config.data)
+    validation = (f"a {config.data.val_fraction:.0%} patient-grouped validation split of train"
+                  if config.data.validation == "patient_split" else "the data set's own val/ folder")
     spec = BACKBONES[config.model.backbone]
     return (f"{spec.label}, {'ImageNet' if config.model.weights == 'imagenet' else config.model.weights} weights, "
-            f"{config.data.image_size} px ({config.data.resize_mode}); head {ran['head']} of "
+            f"{config.data.image_size} px ({config.data.resize_mode}); preprocessing: "
+            f"{preprocessing.describe() if preprocessing.active else 'none'}; head {ran['head']} of "
             f"{config.train.head.epochs} epochs at {config.train.head.learning_rate:g} on cached frozen features; "
             f"fine-tune from block {config.model.unfreeze_from_block} up, {ran['finetune']} of "
             f"{config.train.finetune.epochs} epochs at {config.train.finetune.learning_rate:g} with augmentation "
             f"({active or 'none'}); balanced class weights, batch {config.train.batch_size}, best checkpoint and "
             f"early stopping (patience {config.train.early_stopping_patience}) on {config.train.monitor}; threshold "
-            f"rule '{config.train.threshold_method}' on a {config.data.val_fraction:.0%} patient-grouped validation "
-            f"split of train (split seed {config.split_seed}, seed {config.train.seed})")
+            f"rule '{config.train.threshold_method}' on {validation} (split seed {config.split_seed}, "
+            f"seed {config.train.seed})")
 
 
 def _log_seconds(run: Run, until: str = "") -> float | None:
@@ -169,7 +174,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def package_starter(source: str | Path, dest: str | Path, *, machine: str | None = None, note: str | None = None,
-                    say: Say = print) -> Run:
+                    chosen: str | None = None, say: Say = print) -> Run:
     """Package the finished run ``source`` as the starter run folder ``dest`` (which must not exist yet).
 
     Copies the run's files with portable paths, re-saves its model with float16 variables,
@@ -182,6 +187,7 @@ def package_starter(source: str | Path, dest: str | Path, *, machine: str | None
         dest: the starter's folder, e.g. ``models/starter-efficientnet-lite0``.
         machine: the training machine in words (default: this machine's cores and memory).
         note: anything about the training a reader of ``starter.json`` should know (an interruption, a resume).
+        chosen: how this run was chosen to ship, and on what data (``starter.json``'s ``chosen``).
 
     Raises:
         RunError: the source is not a finished run with a model, or ``dest`` exists.
@@ -227,6 +233,7 @@ def package_starter(source: str | Path, dest: str | Path, *, machine: str | None
                       f"official test split of splits.json is {OFFICIAL_METRICS}."),
             "source_run": origin.id,
             "recipe": _recipe(origin),
+            **({"chosen": chosen} if chosen else {}),
             "trained": {"started_at": status.started_at, "finished_at": status.finished_at,
                         "wall_seconds": _status_seconds(status) or _log_seconds(origin),
                         "epochs_seconds": _log_seconds(origin, until=" INFO epoch "),

@@ -208,7 +208,7 @@ with verdict:
                + (f"the threshold of site profile **{point.site}**, set on that site's films."
                   if point.site else "a threshold chosen on validation data."))
     st.caption(resources.cue_sentence(resources.without_cues(run.id, path, modified, resources.digest(image.tobytes()),
-                                                             image)))
+                                                             image, image_source, name, config.data)))
     if truth is not None:
         agree = bool(truth) == pneumonia
         st.markdown(f"**True label: {CLASS_NAMES[truth]}** "

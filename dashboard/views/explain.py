@@ -102,7 +102,7 @@ cols[0].metric("P(pneumonia)", f"{probability:.1%}")
 cols[1].metric(f"Label at threshold {threshold:.2f}", called)
 cols[2].metric("True label", CLASS_NAMES[truth] if truth is not None else "unknown")
 cols[3].metric("Heatmap shows evidence for", result["explained"].upper())
-st.markdown(resources.cue_sentence(resources.without_cues(run.id, path, modified, image_hash, image)))
+st.markdown(resources.cue_sentence(resources.without_cues(run.id, path, modified, image_hash, image, image_source, name, config.data)))
 
 picture = resources.display_image(gray, size, resize_mode, preprocessing)
 charts.model_view(config.data, image_source, name, prepared, key="explain_model_view")

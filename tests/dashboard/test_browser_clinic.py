@@ -82,10 +82,10 @@ def test_a_site_profile_made_on_evaluate_sets_the_threshold_demo_calls_at(server
     assert profile["n"] == 80 and profile["cross_fitted"]["n_splits"] == 20
 
 
-def test_a_shift_report_on_a_folder_from_the_data_page(server, real_data):
+def test_a_shift_report_on_a_folder_from_the_data_page(server, restaged_data):
     from playwright.sync_api import expect
 
-    url, runs = server  # the starter's training films are the staged Kaggle copy: real_data must be there
+    url, runs = server  # the starter's training films are the restaged Kaggle copy: restaged_data builds it if missing
     starter = _starter(runs)
     with _page(url, "Data") as page:
         films = page.get_by_role("spinbutton", name="Films per side")

@@ -135,7 +135,7 @@ def test_explain_works_on_the_starter(starter_env):
 
 def test_explain_and_demo_say_what_the_film_gives_without_its_border_and_markers(starter_env):
     """The sentence under the film carries the probabilities of core.evaluation.audit.film_without_cues for that film."""
-    from core.data.images import Preprocessing, load_image
+    from core.data.images import Preprocessing, load_image, read_image
     from core.data.sample import local_path
     from core.evaluation.audit import film_without_cues
     from core.model.classifier import load_model
@@ -147,7 +147,8 @@ def test_explain_and_demo_say_what_the_film_gives_without_its_border_and_markers
     film = next(p["file"] for p in starter_env.metrics()["predictions"] if p["file"].rsplit("/", 1)[-1] in texts(at))
     image = load_image(local_path(film), config.data.image_size, config.data.resize_mode,
                        preprocessing=Preprocessing.of(config.data))
-    check = film_without_cues(load_model(starter_env.model_path), image)
+    decoded = read_image(local_path(film), draft_size=config.data.image_size)
+    check = film_without_cues(load_model(starter_env.model_path), image, decoded, config.data)
     assert f"{check['without_border']:.1%}" in sentence
     if check["markers"]:
         assert f"{check['without_markers']:.1%}" in sentence

@@ -55,7 +55,9 @@ def test_every_test_film_gets_the_probability_in_metrics_json(client, servers):
     assert answer["run_id"] == STARTER and answer["threshold_source"] == "validation"
     assert answer["threshold"] == pytest.approx(METRICS["threshold"])
     assert answer["preprocessing"] == {**answer["preprocessing"], "image_path": "core.data.images.load_image",
-                                       "image_size": 224, "resize_mode": "stretch"}
+                                       "image_size": 224, "resize_mode": "center_square", "field_of_view": "body",
+                                       "remove_markers": True, "intensity": "clahe"}  # the starter's own settings
+    assert answer["preprocessing"]["notes"] and "CLAHE applied" in answer["preprocessing"]["notes"][-1]
     assert answer["model_sha256"] == _health(servers["main"].url)["model_sha256"]
     assert "not for diagnosis" in answer["notice"]
 

@@ -163,7 +163,11 @@ def test_a_run_with_preprocessing_answers_what_was_done_to_each_film(tmp_path):
     from core.store.runs import RunStore
 
     film = sorted((REPO / "sample" / "chest_xray" / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
-    starter = ModelService(RunStore(REPO / "models").get(STARTER))  # the shipped starter: no preprocessing
+    shutil.copytree(REPO / "models" / STARTER, tmp_path / "plain" / STARTER)
+    config = json.loads((tmp_path / "plain" / STARTER / "config.json").read_text())
+    config["data"].update(field_of_view="full", remove_markers=False, intensity="none", resize_mode="stretch")
+    (tmp_path / "plain" / STARTER / "config.json").write_text(json.dumps(config))
+    starter = ModelService(RunStore(tmp_path / "plain").get(STARTER))  # the starter's model without preprocessing
     image, notes = starter.decode(film.read_bytes(), film.name)
     plain = starter.answer(0.7, notes)["preprocessing"]
     assert notes == () and "notes" not in plain and plain["intensity"] == "none" and plain["field_of_view"] == "full"
@@ -171,7 +175,7 @@ def test_a_run_with_preprocessing_answers_what_was_done_to_each_film(tmp_path):
 
     shutil.copytree(REPO / "models" / STARTER, tmp_path / STARTER)
     config = json.loads((tmp_path / STARTER / "config.json").read_text())
-    config["data"].update(field_of_view="body", remove_markers=True, intensity="window")
+    config["data"].update(field_of_view="body", remove_markers=True, intensity="window", resize_mode="stretch")
     (tmp_path / STARTER / "config.json").write_text(json.dumps(config))
     service = ModelService(RunStore(tmp_path).get(STARTER))
     image, notes = service.decode(film.read_bytes(), film.name)

@@ -71,10 +71,14 @@ def test_defaults_give_byte_identical_pixels_to_the_path_before_preprocessing(mo
         assert np.array_equal(prepared.pixels, old) and prepared.notes == () and prepared.body is None
 
 
-def test_old_configs_and_the_shipped_starter_have_no_preprocessing():
-    raw = json.loads((REPO_ROOT / "models" / "starter-efficientnet-lite0" / "config.json").read_text())
-    assert not {"field_of_view", "remove_markers", "intensity"} & set(raw["data"])  # written before the settings
-    assert Preprocessing.of(RunConfig.from_dict(raw).data) == NO_PREPROCESSING
+def test_old_configs_have_no_preprocessing_and_the_shipped_starter_says_which_it_has():
+    starter = REPO_ROOT / "models" / "starter-efficientnet-lite0"
+    raw = json.loads((starter / "config.json").read_text())
+    old = {**raw, "data": {k: v for k, v in raw["data"].items() if k not in ("field_of_view", "remove_markers",
+                                                                            "intensity")}}  # as written before them
+    assert Preprocessing.of(RunConfig.from_dict(old).data) == NO_PREPROCESSING
+    shipped = Preprocessing.of(RunConfig.from_dict(raw).data)
+    assert shipped.active and f"preprocessing: {shipped.describe()};" in json.loads((starter / "starter.json").read_text())["recipe"]
     assert not NO_PREPROCESSING.active and NO_PREPROCESSING.describe() == "none"
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 from core.config import preset
 from core.data.cues import border_mask, find_markers, neutral_border, remove_markers
 from core.data.splits import run_splits
-from core.evaluation.audit import border_share, read_audit, shortcut_audit, uniform_border_share
+from core.evaluation.audit import audit_reading, border_share, read_audit, shortcut_audit, uniform_border_share
 from core.evaluation.cue_stats import call_changes, shape_cue
 from core.store.runs import RunStore
 
@@ -133,3 +133,42 @@ def test_a_model_that_reads_a_marker_is_caught_by_its_calls(tmp_path, monkeypatc
     assert "shape cue was not measured" in audit["reading"][2]  # every film is 64 × 64
     assert np.asarray(audit["per_class"]["NORMAL"]["mean_cam"]).shape == (64, 64)
     assert read_audit(run)["border"]["flipped"] == 6
+    assert audit["markers"]["removed_by_run"] is False
+    audit["markers"]["removed_by_run"] = True  # a run that inpaints markers itself: no marker reaches its model
+    assert "inpaints burnt-in markers itself" in audit_reading(audit)[1]
+    assert "hang on the markers" not in audit_reading(audit)[1]
+
+
+def test_the_audit_blurs_the_films_border_not_the_edge_of_a_cropped_input():
+    """A centred square of a wide film: its input's left and right edges are the film's middle (anatomy, after a
+    crop to the body), so they stay sharp; the film's own top and bottom bands, inside the square, are blurred."""
+    from types import SimpleNamespace
+
+    from core.data.cues import neutral_film_border
+    from core.data.images import preprocess_gray
+    from core.data.preprocess import NO_PREPROCESSING
+    from core.evaluation.audit import without_border
+
+    film = np.random.default_rng(0).integers(0, 256, (100, 200)).astype(np.uint8)  # texture a blur must change
+    film[2:8, 2:8] = 255  # a letter in the film's corner, outside the centred square
+    blurred = neutral_film_border(film, 0.1)
+    assert blurred.shape == film.shape and (blurred[10:90, 20:180] == film[10:90, 20:180]).all()
+    assert blurred[2:8, 2:8].max() < 200 and blurred[:10].std() < film[:10].std() / 3
+    data = SimpleNamespace(image_size=100, resize_mode="center_square", field_of_view="full", remove_markers=False,
+                           intensity="none")
+    plain = preprocess_gray(film, 100, "center_square", NO_PREPROCESSING).pixels
+    masked = without_border(None, data, 0.1, film=film)
+    assert (masked[10:90, :10] == plain[10:90, :10]).all()  # the input's side edges: the film's middle, untouched
+    assert (masked[:10] != plain[:10]).mean() > 0.5  # the film's top band, inside the square: blurred
+    assert (neutral_border(plain[None], 0.1)[0][10:90, :10] != plain[10:90, :10]).mean() > 0.5  # as v2 did, wrongly
+
+
+def test_the_band_body_share_tells_a_tightly_framed_film_from_one_with_air_around_it():
+    from core.evaluation.audit import band_body_share
+
+    framed = np.full((100, 120), 20, np.uint8)
+    framed[5:95, 5:115] = 180  # the body reaches into the band on every side
+    loose = np.full((100, 120), 20, np.uint8)
+    loose[25:75, 30:90] = 180  # air all around
+    assert band_body_share(framed) > 0.5 > 0.05 > band_body_share(loose)
+    assert band_body_share(np.full((50, 50), 90, np.uint8)) == 0.0  # a flat film has no body

@@ -2,6 +2,7 @@
 EfficientNet-Lite0 starter shipped in models/: complete, small, portable, and the same probability for the same film."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,9 @@ def test_the_shipped_starter_is_a_complete_run_under_20_mb(shipped):
     assert sum(p.stat().st_size for p in shipped.path.rglob("*") if p.is_file()) <= 20_000_000
     assert shipped.status().state == "finished" and shipped.config().model.backbone == "efficientnet_lite0"
     marker = shipped.starter
-    assert marker["source_run"].endswith("-quality-kaggle-seed42-efficientnet-lite0") and marker["trained"]["wall_seconds"]
+    choice = json.loads((shipped.path.parents[1] / "benchmarks" / "results" / "starter-choice.json").read_text())["decision"]
+    assert marker["source_run"] == choice["chosen"] and marker["trained"]["wall_seconds"]  # the committed choice
+    assert "benchmarks.starter_choice" in marker["chosen"] and "validation" in marker["chosen"]
     # metrics-official-test.json: the whole official test split of splits.json, with patient CIs and subtypes
     official, test = shipped.official_test_metrics(), read_manifest(shipped.path / "splits.json").test
     assert official["n"] == len(test) == 624 and official["n_patients"] == 427
@@ -177,6 +180,7 @@ def test_the_shipped_starters_probabilities_are_what_the_one_image_path_gives(sh
 
     from core.evaluation.evaluate import predict_probabilities
     from core.data.images import load_image
+    from core.data.preprocess import Preprocessing
     from core.model.classifier import load_model
     from core.data.sample import local_path, sample_root
     from core.data.splits import TEST_FILMS_NAME, evaluation_splits
@@ -189,7 +193,10 @@ def test_the_shipped_starters_probabilities_are_what_the_one_image_path_gives(sh
     assert all(Path(f).resolve().is_relative_to(sample_root().resolve()) and Path(f).is_file() for f in files)
     model = load_model(shipped.model_path)
     assert {w.dtype for w in model.weights} == {"float32"}
-    images = np.stack([load_image(f, config.data.image_size, config.data.resize_mode) for f in files])
+    preprocessing = Preprocessing.of(config.data)
+    assert preprocessing.active  # the shipped starter crops to the body, inpaints markers, applies CLAHE
+    images = np.stack([load_image(f, config.data.image_size, config.data.resize_mode, preprocessing=preprocessing)
+                       for f in files])
     fresh = predict_probabilities(model, images)
     stored = np.array([p["probability"] for p in metrics["predictions"]])
     assert np.abs(fresh - stored).max() < 1e-5

@@ -134,20 +134,28 @@ def test_layer_table_says_yes_for_a_network_trained_whole_from_scratch():
     assert {row.trainable for row in layer_table(model, "small_cnn")} == {"yes"}
 
 
-def test_a_model_saved_before_the_package_layout_still_loads():
-    """The shipped starter was saved when the preprocessing layer lived in ``core.backbones``: it loads by its
-    registered name (``cxr_studio>BackbonePreprocess``), not by that old module path."""
+def test_a_model_saved_before_the_package_layout_still_loads(tmp_path):
+    """Models saved when the preprocessing layer lived in ``core.backbones`` (the v2 starter, every run of then) load
+    by its registered name (``cxr_studio>BackbonePreprocess``), not by that old module path. The shipped starter's
+    file, with its config rewritten as such a file has it, stands for one."""
     import json
     import zipfile
 
     starter = REPO / "models" / "starter-efficientnet-lite0" / "model.keras"
-    with zipfile.ZipFile(starter) as archive:
-        saved = json.loads(archive.read("config.json"))
-    layers = {layer["class_name"]: layer for layer in saved["config"]["layers"]}
-    assert layers["BackbonePreprocess"]["module"] == "core.backbones"  # a module that no longer exists
-    assert layers["BackbonePreprocess"]["registered_name"] == "cxr_studio>BackbonePreprocess"
+    old = tmp_path / "model.keras"
+    with zipfile.ZipFile(starter) as archive, zipfile.ZipFile(old, "w") as copy:
+        for item in archive.infolist():
+            data = archive.read(item)
+            if item.filename == "config.json":
+                saved = json.loads(data)
+                layers = {layer["class_name"]: layer for layer in saved["config"]["layers"]}
+                assert layers["BackbonePreprocess"]["module"] == "core.model.backbones"  # saved after the layout
+                assert layers["BackbonePreprocess"]["registered_name"] == "cxr_studio>BackbonePreprocess"
+                layers["BackbonePreprocess"]["module"] = "core.backbones"  # a module that no longer exists
+                data = json.dumps(saved).encode()
+            copy.writestr(item, data)
     code = ("from core.model.classifier import load_model; "
-            f"m = load_model({str(starter)!r}); print(type(m.get_layer('preprocess')).__module__)")
+            f"m = load_model({str(old)!r}); print(type(m.get_layer('preprocess')).__module__)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-2000:]
