@@ -227,13 +227,17 @@ def without_cues(run_id: str, path: str, modified: float, image_hash: str, _imag
     from core.evaluation.audit import film_without_cues  # heavy: scikit-learn
 
     film = read_image(_source, filename=_name, draft_size=_data.image_size)  # the image path's decode
-    return film_without_cues(load_model(path, modified), _image, film, _data)
+    return {**film_without_cues(load_model(path, modified), _image, film, _data),
+            "markers_removed_by_run": bool(_data.remove_markers)}
 
 
 def cue_sentence(check: dict[str, Any]) -> str:
     """"The same film without its border → P = 62 %; without its 2 markers → P = 81 %"."""
     border = (f"without its border (the outer {check['border_fraction']:.0%} of each side replaced by a blurred copy) "
               f"→ P(pneumonia) = **{check['without_border']:.1%}**")
+    if check.get("markers_removed_by_run"):
+        return (f"The same film {border}; its burnt-in markers are inpainted by the run's own preprocessing before "
+                "the model sees it.")
     if not check["markers"]:
         return f"The same film {border}; no laterality letter, text or clip was found near its edges."
     plural = "s" if check["markers"] > 1 else ""

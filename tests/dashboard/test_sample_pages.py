@@ -150,8 +150,8 @@ def test_explain_and_demo_say_what_the_film_gives_without_its_border_and_markers
     decoded = read_image(local_path(film), draft_size=config.data.image_size)
     check = film_without_cues(load_model(starter_env.model_path), image, decoded, config.data)
     assert f"{check['without_border']:.1%}" in sentence
-    if check["markers"]:
-        assert f"{check['without_markers']:.1%}" in sentence
+    assert config.data.remove_markers  # the starter inpaints markers itself: none reaches its model, and it says so
+    assert "inpainted by the run's own preprocessing" in sentence and "without its" not in sentence.split(";")[1]
     at = open_page("explain")
     assert "without its border" in texts(at) and not at.exception
 
@@ -248,3 +248,13 @@ def test_demo_says_which_preprocessing_its_model_uses_and_shows_what_the_model_s
     captions = [image.proto.imgs[0].caption for image in at.image]
     assert f"what the model sees ({config.data.image_size} px)" in captions
     assert "the film: markers removed (green), the part kept (red)" in captions
+
+
+def test_the_cue_sentence_names_markers_found_or_removed_by_the_run():
+    from dashboard.resources import cue_sentence
+
+    check = {"border_fraction": 0.1, "without_border": 0.62, "without_markers": 0.81, "markers": 2}
+    assert "without its 2 markers" in cue_sentence(check) and "81.0%" in cue_sentence(check)
+    assert "no laterality letter" in cue_sentence({**check, "markers": 0})
+    removed = cue_sentence({**check, "markers_removed_by_run": True})
+    assert "inpainted by the run's own preprocessing" in removed and "81.0%" not in removed and "62.0%" in removed
