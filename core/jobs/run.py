@@ -111,8 +111,17 @@ def readable_error(exc: BaseException, cluster: ClusterTask | None = None) -> st
     return f"{type(exc).__name__}: {exc}"
 
 
-def _raise_stop(signum, frame) -> None:
-    raise StopRequested()
+def _stop_on_sigterm(run: Run):
+    """The SIGTERM handler of a trainer: a stop request on the run, then StopRequested at once.
+
+    The request is the fallback: a signal handler's exception lands wherever the main thread is,
+    and code there that catches every ``Exception`` (a status write, a library's clean-up) would
+    swallow it; the progress callback still sees the request after the next batch.
+    """
+    def handler(signum, frame) -> None:
+        run.request_stop()
+        raise StopRequested()
+    return handler
 
 
 def _log_to_run(run: Run):
@@ -193,7 +202,7 @@ def run_and_record(run: Run, resume: bool, *, device: str | None = None, connect
         print(f"error: {exc}", file=sys.stderr)
         return 3
     undo_logging = _log_to_run(run)
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_stop)
+    previous_sigterm = signal.signal(signal.SIGTERM, _stop_on_sigterm(run))
     writer = StatusWriter(run).start(state="running", error=None, message="Starting…")
     try:
         train_run(run, resume=resume, writer=writer, device=device, cluster=cluster)

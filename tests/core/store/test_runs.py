@@ -168,7 +168,7 @@ def test_stop_request_is_honoured_quickly(tmp_path, cache_dir):
 @pytest.mark.slow
 def test_hard_stop_ends_the_trainer_gracefully_within_the_grace_period(tmp_path, cache_dir):
     """Stop's SIGTERM reaches the trainer, which ends "stopped" with its best checkpoint; log.txt has each line once."""
-    run = RunStore(tmp_path).create(_tiny_config(epochs=50))
+    run = RunStore(tmp_path).create(_tiny_config(epochs=400))  # minutes of epochs: the stop lands mid-training
     run.launch()
     wait_for(lambda: run.epochs(), 240, run)
     assert run.kill(grace=120)
@@ -178,6 +178,18 @@ def test_hard_stop_ends_the_trainer_gracefully_within_the_grace_period(tmp_path,
     log = run.log_path.read_text()
     assert log.count("epoch 1 (finetune)") == 1 and log.count("device: DevicePlan") == 1, log
     assert log.count("stopped by request") == 1
+
+
+def test_a_sigterm_also_leaves_a_stop_request_that_a_swallowed_exception_cannot_lose(tmp_path):
+    import signal
+
+    from core.jobs.run import _stop_on_sigterm
+    from core.store.runs import StopRequested
+
+    run = RunStore(tmp_path).create(_tiny_config())
+    with pytest.raises(StopRequested):
+        _stop_on_sigterm(run)(signal.SIGTERM, None)
+    assert run.stop_requested()  # the progress callback raises again after the next batch
 
 
 def test_list_is_newest_first_by_creation_time_whatever_the_folder_name(tmp_path):
