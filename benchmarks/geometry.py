@@ -15,9 +15,9 @@ chosen on the test films here: the table only reports what each mode gives.
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import quality
-from benchmarks.quality.orchestrate import restaged_copy
+from benchmarks.quality.orchestrate import prepare_row_data
 from benchmarks._common import REPO, finish, machine, table
 from benchmarks.augmentation import verdict
 
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for name in names:
         row = table_rows[name]
-        if row.restaged and kind == "kaggle":
-            restaged_copy(say)
+        prepare_row_data(row, kind, say)
         config = quality.build_config(name, row, kind, data_path, qargs)
         problem = quality.preflight_weights(config)
         entry: dict[str, Any] = {"name": name, "summary": row.summary, "weights": quality.weights_label(config),

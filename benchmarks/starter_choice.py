@@ -22,6 +22,7 @@ lowest validation log loss; then the smaller file. With no such candidate the st
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,6 @@ def score_run(run_dir: Path, films: list[tuple[str, int, str]]) -> dict[str, Any
 
     from core.evaluation.cue_stats import shape_cue
     from core.evaluation.metrics import bootstrap_ci, compute_metrics
-
-    import tempfile
 
     from core.model.classifier import load_model, save_float16  # heavy: Keras
 
@@ -123,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         c = run["shape_cue"][name]
         return "–" if c["rho"] is None else f"{c['rho']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]"
 
-    rows = [[r["run"], f"{r['roc_auc']:.4f}", ("[{:+.4f}, {:+.4f}]".format(*r["auc_change_ci"]) if None not in r.get("auc_change_ci", [None]) else ""), f"{r['log_loss']:.3f}",
+    def change(run: dict[str, Any]) -> str:
+        interval = run.get("auc_change_ci", [None])
+        return "" if None in interval else "[{:+.4f}, {:+.4f}]".format(*interval)
+
+    rows = [[r["run"], f"{r['roc_auc']:.4f}", change(r), f"{r['log_loss']:.3f}",
              f"{100 * r['sensitivity']:.1f}", f"{100 * r['specificity']:.1f}", cue(r, "NORMAL"), cue(r, "PNEUMONIA"),
              r["model_mb"]] for r in (starter, *candidates)]
     finish(result, args.out, table(rows, ["run", "val AUC", "Δ AUC interval", "log loss", "sens %", "spec %",

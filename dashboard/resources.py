@@ -227,8 +227,7 @@ def without_cues(run_id: str, path: str, modified: float, image_hash: str, _imag
     from core.evaluation.audit import film_without_cues  # heavy: scikit-learn
 
     film = read_image(_source, filename=_name, draft_size=_data.image_size)  # the image path's decode
-    return {**film_without_cues(load_model(path, modified), _image, film, _data),
-            "markers_removed_by_run": bool(_data.remove_markers)}
+    return film_without_cues(load_model(path, modified), _image, film, _data)
 
 
 def cue_sentence(check: dict[str, Any]) -> str:

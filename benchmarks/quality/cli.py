@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.quality.flags import row_flags
-from benchmarks.quality.orchestrate import RowOutcome, build_config, resolve_data, restaged_copy, run_seeds
+from benchmarks.quality.orchestrate import RowOutcome, build_config, prepare_row_data, resolve_data, run_seeds
 from benchmarks.quality.paths import MOBILENET_025_FILE, REPO, REPORT_FILE, RESULTS_DIR
 from benchmarks.quality.render import render_report
 from benchmarks.quality.results import copy_row_results, path_roots, portable, portable_arg, portable_text
@@ -184,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             outcomes.append(RowOutcome(name, row.summary, error="interrupted before it started"))
             continue
         try:
-            if row.restaged and kind == "kaggle":
-                restaged_copy(say)
+            prepare_row_data(row, kind, say)
             config = build_config(name, row, kind, data_path, args)
         except ConfigError as exc:
             outcomes.append(RowOutcome(name, row.summary, error=f"invalid settings: {exc}"))

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # for the annotations only: no import of the core at load tim
     from core.config import RunConfig
     from core.store.runs import Run, RunStore
 
-__all__ = ["resolve_data", "restaged_path", "restaged_copy", "build_config", "seed_config", "weights_label", "preflight_weights", "Say", "RowResult",
+__all__ = ["resolve_data", "restaged_path", "restaged_copy", "prepare_row_data", "build_config", "seed_config", "weights_label", "preflight_weights", "Say", "RowResult",
            "RowOutcome", "follow_run", "reusable_run", "run_row", "run_seeds", "run_ensemble"]
 
 
@@ -54,6 +54,12 @@ def restaged_copy(say: Callable[[str], None] = print) -> str:
         say(f"building the restaged copy of {DEFAULT_KAGGLE} in {RESTAGED_KAGGLE} (python -m core.data.restage)")
         say(restage(REPO / DEFAULT_KAGGLE, REPO / ORIGINALS, folder).summary())
     return restaged_path()
+
+
+def prepare_row_data(row: Row, kind: str, say: Callable[[str], None] = print) -> None:
+    """Build what a row's data needs before its config is made: the restaged copy for a restaged Kaggle row."""
+    if row.restaged and kind == "kaggle":
+        restaged_copy(say)
 
 
 def _repo_path(value: str) -> str:

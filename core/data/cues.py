@@ -48,13 +48,15 @@ class Box:
                    int(np.ceil(self.bottom * rows)), int(np.ceil(self.right * cols)))
 
 
-def border_mask(size: int, fraction: float = BORDER_FRACTION) -> np.ndarray:
-    """Boolean (size, size), True in the band of ``round(fraction · size)`` pixels along each edge."""
+def border_mask(size: int | tuple[int, int], fraction: float = BORDER_FRACTION) -> np.ndarray:
+    """Boolean (size, size), or (H, W) for a shape: True in the band of ``round(fraction · side)`` pixels (at least
+    one) along each edge, the side being the height for the top and bottom bands and the width for the others."""
     if not 0 < fraction < 0.5:
         raise ValueError(f"border fraction must be in (0, 0.5); got {fraction}")
-    band = max(1, int(round(fraction * size)))
-    mask = np.ones((size, size), dtype=bool)
-    mask[band:size - band, band:size - band] = False
+    height, width = (size, size) if isinstance(size, int) else size
+    rows, cols = max(1, int(round(fraction * height))), max(1, int(round(fraction * width)))
+    mask = np.ones((height, width), dtype=bool)
+    mask[rows:height - rows, cols:width - cols] = False
     return mask
 
 
@@ -90,14 +92,10 @@ def neutral_film_border(gray: np.ndarray, fraction: float = BORDER_FRACTION) -> 
     gray = np.asarray(gray)
     if gray.ndim != 2:
         raise ValueError(f"expected a grayscale film (H,W); got shape {gray.shape}")
-    if not 0 < fraction < 0.5:
-        raise ValueError(f"border fraction must be in (0, 0.5); got {fraction}")
-    height, width = gray.shape
-    rows, cols = max(1, int(round(fraction * height))), max(1, int(round(fraction * width)))
+    band = border_mask(gray.shape, fraction)
+    rows, cols = (max(1, int(round(fraction * side))) for side in gray.shape)  # the band's depth, as border_mask
     out = gray.astype(np.float32, copy=True)
     blurred = gaussian_filter(out, sigma=(max(1.0, rows / 2), max(1.0, cols / 2)), mode="reflect")
-    band = np.ones(gray.shape, dtype=bool)
-    band[rows:height - rows, cols:width - cols] = False
     out[band] = blurred[band]
     return np.clip(np.round(out), 0, 255).astype(gray.dtype) if np.issubdtype(gray.dtype, np.integer) else out
 

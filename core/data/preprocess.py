@@ -27,7 +27,7 @@ from PIL import Image
 from core.config import FIELDS_OF_VIEW, INTENSITIES
 from core.data.cues import Box, find_markers, marker_mask, remove_markers
 
-__all__ = ["Preprocessing", "Prepared", "NO_PREPROCESSING", "WORK_SIDE", "without_markers", "body_box",
+__all__ = ["Preprocessing", "Prepared", "NO_PREPROCESSING", "WORK_SIDE", "without_markers", "foreground", "body_box",
            "adjust_intensity"]
 
 WORK_SIDE = 256  # the working copy's longer side for finding markers and the body: fast, and enough for both
@@ -147,19 +147,28 @@ def without_markers(gray: np.ndarray) -> tuple[np.ndarray, tuple[Box, ...], str]
     return cleaned, tuple(removed), f"{len(removed)} marker{'s' * (len(removed) != 1)} removed"
 
 
+def foreground(gray: np.ndarray) -> np.ndarray | None:
+    """Where a film (H,W) is body: brighter than its Otsu threshold after a light blur; None for a flat film."""
+    from skimage.filters import gaussian, threshold_otsu  # heavy: scikit-image, only when the body is looked for
+
+    smooth = gaussian(np.asarray(gray).astype(np.float64) / 255.0, sigma=max(1.0, min(np.shape(gray)) / 100))
+    if float(smooth.max() - smooth.min()) < 4 / 255:
+        return None
+    return smooth > threshold_otsu(smooth)
+
+
 def body_box(gray: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
     """The body's bounding box (left, top, right, bottom) on the film, or None and why the full film is kept."""
-    from skimage.filters import gaussian, threshold_otsu  # heavy: scikit-image, only when the body is looked for
-    from skimage.measure import label, regionprops
+    from skimage.measure import label, regionprops  # heavy: scikit-image, only when the body is looked for
 
     height, width = gray.shape
     if _odd_shape(gray):
         return None, f"odd film shape ({width}×{height}): full film kept"
     work = _working_copy(gray)
-    smooth = gaussian(work.astype(np.float64) / 255.0, sigma=max(1.0, min(work.shape) / 100))
-    if float(smooth.max() - smooth.min()) < 4 / 255:
+    body = foreground(work)
+    if body is None:
         return None, "flat film, no body found: full film kept"
-    regions = regionprops(label(smooth > threshold_otsu(smooth)))
+    regions = regionprops(label(body))
     largest = max(regions, key=lambda region: region.area, default=None)
     if largest is None or largest.area < MIN_BODY_SHARE * work.size:
         return None, "no body found: full film kept"

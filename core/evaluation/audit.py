@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 from core.data.cues import BORDER_FRACTION, border_mask, neutral_film_border, remove_markers
 from core.data.datasets import CLASS_NAMES
 from core.data.images import film_size, preprocess_gray, read_image
-from core.data.preprocess import Preprocessing
+from core.data.preprocess import Preprocessing, foreground
 from core.data.sample import portable_path
 from core.evaluation.cue_stats import auc_change_ci, box_energy, call_changes, shape_cue
 from core.evaluation.overlay import overlay
@@ -166,19 +166,10 @@ def without_border(source: Any, data: Any, fraction: float = BORDER_FRACTION, fi
 
 
 def band_body_share(gray: np.ndarray, fraction: float = BORDER_FRACTION) -> float:
-    """Of the film's border band, the share that is body: brighter than the film's Otsu threshold (after a light
-    blur), against air, padding and collimation. A flat film has no body: 0."""
-    from skimage.filters import gaussian, threshold_otsu  # heavy: scikit-image
-
-    gray = np.asarray(gray)
-    smooth = gaussian(gray.astype(np.float64) / 255.0, sigma=max(1.0, min(gray.shape) / 100))
-    if float(smooth.max() - smooth.min()) < 4 / 255:
-        return 0.0
-    height, width = gray.shape
-    rows, cols = max(1, int(round(fraction * height))), max(1, int(round(fraction * width)))
-    band = np.ones(gray.shape, dtype=bool)
-    band[rows:height - rows, cols:width - cols] = False
-    return float((smooth[band] > threshold_otsu(smooth)).mean())
+    """Of the film's border band, the share that is body (:func:`core.data.preprocess.foreground`), against air,
+    padding and collimation. A flat film has no body: 0."""
+    body = foreground(gray)
+    return 0.0 if body is None else float(body[border_mask(np.shape(gray), fraction)].mean())
 
 
 def _predict(explainer: Any, images: np.ndarray, step: int = 16) -> np.ndarray:
@@ -322,18 +313,21 @@ def film_without_cues(model: Any, image: np.ndarray, film: np.ndarray, data: Any
 
     ``image`` is the model's input (S,S,3, 0..255), ``film`` the decoded film it came from and ``data`` the run's data
     settings: the border is the film's own, blurred before the run's image path (see :func:`without_border`); the
-    markers are those still in the model's input. What the Explain and Demo pages show under the film: whether this
+    markers are those still in the model's input, looked for only when the run does not inpaint them itself
+    (``markers_removed_by_run``). What the Explain and Demo pages show under the film: whether this
     answer hangs on a letter in the corner or on the film's edges. ``markers`` is the number of markers found
     (0: P is unchanged).
     """
     from core.evaluation.metrics import sigmoid  # heavy: scikit-learn (with the metrics it sits beside)
 
     image = np.asarray(image, dtype=np.float32)
-    gray = np.clip(np.round(image[..., 0]), 0, 255).astype(np.uint8)
-    cleaned, boxes = remove_markers(gray)
     border = without_border(None, data, border_fraction, film=film)
-    batch = np.stack([image, np.repeat(border[..., None], 3, -1).astype(np.float32),
-                      np.repeat(cleaned[..., None], 3, -1).astype(np.float32)])
-    p = sigmoid(np.asarray(model.predict_on_batch(batch)).reshape(-1))
-    return {"probability": float(p[0]), "without_border": float(p[1]), "without_markers": float(p[2]),
-            "markers": len(boxes), "border_fraction": border_fraction}
+    batch = [image, np.repeat(border[..., None], 3, -1).astype(np.float32)]
+    boxes: list = []
+    if not data.remove_markers:  # a run that inpaints them itself: no marker reaches its model, nothing to check
+        cleaned, boxes = remove_markers(np.clip(np.round(image[..., 0]), 0, 255).astype(np.uint8))
+        batch.append(np.repeat(cleaned[..., None], 3, -1).astype(np.float32))
+    p = sigmoid(np.asarray(model.predict_on_batch(np.stack(batch))).reshape(-1))
+    return {"probability": float(p[0]), "without_border": float(p[1]),
+            "without_markers": float(p[2] if len(p) > 2 else p[0]), "markers": len(boxes),
+            "markers_removed_by_run": bool(data.remove_markers), "border_fraction": border_fraction}
